@@ -1,0 +1,88 @@
+"""Command-line entry points: ``broker`` (runs a broker) and ``brokerctl`` (operates a cluster).
+
+Exit codes: 0 success, 1 the check or request failed, 2 bad usage or bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from broker import __version__
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from broker.config import main_check
+
+    argv = ["--config", args.config] if args.config else []
+    return main_check(argv)
+
+
+def broker_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="broker", description="Run and manage one broker of a dual-region cluster."
+    )
+    parser.add_argument("--version", action="version", version=f"broker {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    config = sub.add_parser("config", help="inspect the configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser(
+        "check",
+        help="validate a config file and BROKER_* overrides (exit 2 naming the bad key)",
+    )
+    check.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
+    check.set_defaults(func=_config_check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def _placement(args: argparse.Namespace) -> int:
+    from broker.placement import check_layout, format_report
+
+    if args.cluster_size < 1:
+        print("brokerctl: --cluster-size must be at least 1", file=sys.stderr)
+        return 2
+    regions = ("region0", "region1")
+    if args.layout == "parity":
+        brokers = {i: regions[i % 2] for i in range(args.cluster_size)}
+    else:  # contiguous: the first half in region0 (a layout the check must refuse)
+        half = args.cluster_size // 2
+        brokers = {i: regions[0 if i < half else 1] for i in range(args.cluster_size)}
+    report = check_layout(brokers, args.partitions, args.replication_factor, regions)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(format_report(report))
+    return 0 if report.ok else 1
+
+
+def brokerctl_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="brokerctl", description="Operate a dual-region broker cluster."
+    )
+    parser.add_argument("--version", action="version", version=f"brokerctl {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    placement = sub.add_parser(
+        "placement",
+        help="quorum-placement report: does every partition's quorum span both regions?",
+        description="Run the real partition distribution for a cluster shape and check that "
+        "every partition holds exactly RF/2 replicas in each region. Exit 1 when it does not.",
+    )
+    placement.add_argument("--cluster-size", type=int, default=8)
+    placement.add_argument("--partitions", type=int, default=8)
+    placement.add_argument("--replication-factor", type=int, default=4)
+    placement.add_argument(
+        "--layout",
+        choices=["parity", "contiguous"],
+        default="parity",
+        help="how node ids map to regions (parity: id %% 2; contiguous: first half in region0)",
+    )
+    placement.add_argument("--json", action="store_true", help="machine-readable report")
+    placement.set_defaults(func=_placement)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(brokerctl_main())
