@@ -1,0 +1,101 @@
+"""Durable file helpers: directory fsync, atomic replace and a checksummed envelope.
+
+A file written with ``write_checked`` is replaced atomically (temp file in the
+same directory, fsync, rename, fsync of the directory), so after a crash the
+path holds either the old or the new content, and ``read_checked`` detects any
+other damage (truncation, bit flips, a foreign file) instead of returning it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import struct
+import tempfile
+import zlib
+
+# magic, format version, reserved, payload length, crc32 of the payload
+_ENVELOPE = struct.Struct("<4sHHQI")
+_MAGIC = b"BRKF"
+_VERSION = 1
+_TEMP_SUFFIX = ".tmp"
+
+
+class CorruptFileError(Exception):
+    """A durable file exists but its content is damaged or not ours."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{os.fspath(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make the creation, rename or deletion of entries in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+    path = os.fspath(path)
+    directory, name = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=_TEMP_SUFFIX, dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+
+
+def remove_temp_files(directory: str | os.PathLike, prefix: str) -> int:
+    """Delete the temp files a crash left behind in ``atomic_write`` of files named
+    ``prefix...`` in ``directory``; returns how many."""
+    pattern = glob.escape(os.path.join(os.fspath(directory), prefix)) + "*" + _TEMP_SUFFIX
+    stale = glob.glob(pattern)
+    for tmp in stale:
+        os.unlink(tmp)
+    return len(stale)
+
+
+def encode_checked(payload: bytes) -> bytes:
+    return _ENVELOPE.pack(_MAGIC, _VERSION, 0, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_checked(path: str | os.PathLike, blob: bytes) -> bytes:
+    """The payload of an envelope read from ``path``; ``path`` only names errors."""
+    if len(blob) < _ENVELOPE.size:
+        raise CorruptFileError(path, f"truncated header ({len(blob)} bytes)")
+    magic, version, _, length, crc = _ENVELOPE.unpack_from(blob)
+    if magic != _MAGIC:
+        raise CorruptFileError(path, f"bad magic {magic!r}")
+    if version != _VERSION:
+        raise CorruptFileError(path, f"unsupported format version {version}")
+    payload = blob[_ENVELOPE.size :]
+    if len(payload) != length:
+        raise CorruptFileError(path, f"payload is {len(payload)} bytes, header says {length}")
+    if zlib.crc32(payload) != crc:
+        raise CorruptFileError(path, "checksum mismatch")
+    return payload
+
+
+def write_checked(path: str | os.PathLike, payload: bytes) -> None:
+    """Atomically replace ``path`` with ``payload`` wrapped in a checksummed envelope."""
+    atomic_write(path, encode_checked(payload))
+
+
+def read_checked(path: str | os.PathLike) -> bytes:
+    """The payload written by ``write_checked``; raises CorruptFileError if damaged
+    and FileNotFoundError if absent."""
+    with open(path, "rb") as f:
+        return decode_checked(path, f.read())
