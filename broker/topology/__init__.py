@@ -1,0 +1,1 @@
+"""Cluster topology: partition distribution, the versioned configuration model, change plans."""
