@@ -91,9 +91,10 @@ class RaftConfig:
     max_inflight: int = 64
     snapshot_chunk_size: int = 1 << 20
     snapshot_window: int = 8  # chunks in flight during a snapshot install
-    # Test-only: break Raft's figure-8 rule, so tests can prove the simulator
-    # detects a safety bug. Never set outside tests.
-    unsafe_commit_earlier_terms: bool = False
+    # Test-only switches that break a safety rule, so that tests can prove the
+    # simulator detects the bug. Never set outside tests.
+    unsafe_commit_earlier_terms: bool = False  # Raft figure 8
+    unsafe_vote_ignores_log: bool = False  # election restriction (section 5.4.1)
 
 
 class _State(Enum):
@@ -447,7 +448,9 @@ class RaftNode:
             and self.leader_id is not None
             and self._election_elapsed < self.cfg.election_ticks
         )
-        up_to_date = self.log.is_up_to_date(m.last_index, m.last_term)
+        up_to_date = self.cfg.unsafe_vote_ignores_log or self.log.is_up_to_date(
+            m.last_index, m.last_term
+        )
         if m.pre_vote:
             grant = not in_lease and m.term > self.term and up_to_date
             self._send(VoteResponse(m.term if grant else self.term, self.id, m.src, grant, True))

@@ -12,10 +12,10 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
-from .schedules import run_schedule
+from .schedules import UNSAFE_RULES, run_schedule
 
 
-def _run_range(args: tuple[int, int, bool]) -> list:
+def _run_range(args: tuple[int, int, str | None]) -> list:
     start, count, unsafe = args
     return [run_schedule(s, unsafe=unsafe) for s in range(start, start + count)]
 
@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
     p.add_argument(
         "--unsafe",
-        action="store_true",
-        help="test-only: run with Raft's figure-8 rule broken (the checker must object)",
+        choices=sorted(UNSAFE_RULES),
+        help="test-only: break this safety rule in the core (the checker must object)",
     )
     a = p.parse_args(argv)
     if a.seed is not None:
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
         for w in work:
             outcomes.extend(_run_range(w))
     bad = [o for o in outcomes if o.violation]
-    unsafe = " --unsafe" if a.unsafe else ""
+    unsafe = f" --unsafe {a.unsafe}" if a.unsafe else ""
     for o in bad:
         print(f"VIOLATION seed={o.seed} ({o.kind}): {o.violation}", file=sys.stderr)
         print(f"  replay: python -m tests.sim.run --seed {o.seed}{unsafe}", file=sys.stderr)

@@ -29,7 +29,14 @@ class Outcome:
     messages: int
 
 
-def run_schedule(seed: int, unsafe: bool = False, verbose: bool = False) -> Outcome:
+UNSAFE_RULES = {
+    "figure8": "unsafe_commit_earlier_terms",
+    "vote": "unsafe_vote_ignores_log",
+}
+
+
+def run_schedule(seed: int, unsafe: str | None = None, verbose: bool = False) -> Outcome:
+    """Run one schedule; ``unsafe`` names a safety rule to break (test-only)."""
     rng = random.Random(seed)
     kind = rng.choice(["faults", "faults", "membership", "region_loss"])
     cfg = RaftConfig(
@@ -40,8 +47,9 @@ def run_schedule(seed: int, unsafe: bool = False, verbose: bool = False) -> Outc
         max_inflight=rng.choice([1, 4, 16]),
         snapshot_chunk_size=rng.choice([64, 256, 4096]),
         snapshot_window=rng.choice([1, 4]),
-        unsafe_commit_earlier_terms=unsafe,
     )
+    if unsafe:
+        setattr(cfg, UNSAFE_RULES[unsafe], True)
     if kind == "region_loss":
         n = rng.choice([4, 6])
     else:
