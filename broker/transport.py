@@ -1,0 +1,738 @@
+"""Threaded TCP transport between brokers, and for clients (see docs/protocol.md).
+
+Every node listens on one port. Inbound connections start with a HELLO
+handshake and then get a reader thread each, so a slow callback only stalls
+its own connection. Outbound, each node dials each peer once and keeps the
+connection for its own traffic to that peer: a sender thread per peer drains
+a bounded queue and writes everything queued as one write (one RAFT frame
+unless the size limit forces a split). Traffic from the peer arrives on the
+connection the peer dialed, so outbound sockets are never read after the
+handshake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from broker.wire import (
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    ROLE_CLIENT,
+    ROLE_PEER,
+    FrameDecoder,
+    Gossip,
+    Hello,
+    HelloOk,
+    HelloReject,
+    ProtocolError,
+    RaftBatch,
+    Request,
+    Response,
+    UnsupportedVersion,
+    encode_frame,
+    pack_raft_item,
+    raft_frame,
+)
+
+log = logging.getLogger("broker.transport")
+
+RECV_SIZE = 256 * 1024
+# A RAFT body is an array header (at most 5 bytes) followed by the packed items.
+_ARRAY_HEADER_MAX = 5
+
+STATS = (
+    "frames_sent",  # counted once written, so possibly after the peer has read them
+    "raft_sent",
+    "gossip_sent",
+    "dropped",  # messages never sent: queue full, peer unknown or unreachable, oversized
+    "frames_received",
+    "raft_received",
+    "connection_errors",  # failed handshakes, protocol errors, lost connections
+)
+
+RaftHandler = Callable[[int, list[tuple[int, Any]]], None]
+RequestHandler = Callable[["Connection", int, dict], None]
+GossipHandler = Callable[[int, Any], None]
+
+
+class HandshakeRejected(ConnectionError):
+    def __init__(self, reason: str):
+        super().__init__(f"handshake rejected: {reason}")
+        self.reason = reason
+
+
+def _fmt(address) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _nodelay(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake any thread blocked on ``sock``; its owner closes it afterwards."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def recv_frame(sock: socket.socket, decoder: FrameDecoder):
+    """The next frame from ``sock`` (frames already buffered in ``decoder`` first)."""
+    data = b""
+    while True:
+        for frame in decoder.feed(data):
+            return frame
+        data = sock.recv(RECV_SIZE)
+        if not data:
+            decoder.finish()
+            raise ConnectionError("connection closed by peer")
+
+
+class Connection:
+    """An accepted connection that completed its handshake."""
+
+    def __init__(self, sock: socket.socket, address, hello: Hello):
+        self.address = address
+        self.node_id = hello.node_id
+        self.role = hello.role
+        self._sock = sock
+        self._io_lock = threading.Lock()
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        if self._tls:
+            self._poller = select.poll()  # unlike select(), works for any fd number
+            self._poller.register(sock, select.POLLIN)
+        self.closed = False
+
+    def send_response(self, req_id: int, body: dict) -> bool:
+        """Thread-safe; False if the connection is gone (the response is lost)."""
+        return self.send_frame(Response(req_id, body))
+
+    def send_frame(self, frame) -> bool:
+        data = encode_frame(frame)
+        with self._io_lock:
+            if self.closed:
+                return False
+            try:
+                self._sock.sendall(data)
+                return True
+            except (OSError, ValueError) as e:
+                if not self.closed:
+                    # A partial write leaves the stream unusable.
+                    log.info("closing connection from %s: write failed: %s", _fmt(self.address), e)
+                    self.close()
+                return False
+
+    def recv(self) -> bytes:
+        """Called by the connection's reader thread only."""
+        if not self._tls:
+            return self._sock.recv(RECV_SIZE)
+        # An OpenSSL connection must not be used by two threads at once, so
+        # wait for data outside the lock and read under the writers' lock.
+        if not self._sock.pending() and not self._poller.poll(self._sock.gettimeout() * 1000):
+            raise TimeoutError("idle")
+        with self._io_lock:
+            return self._sock.recv(RECV_SIZE)
+
+    def close(self) -> None:
+        """Thread-safe and idempotent; wakes a writer blocked on a slow reader."""
+        self.closed = True
+        _shutdown(self._sock)
+
+    def __repr__(self) -> str:
+        return f"Connection({self.role} {self.node_id} at {_fmt(self.address)})"
+
+
+class Transport:
+    """One node's listener plus its outbound connections to peers.
+
+    Callbacks run on the reader thread of the connection the frame came in
+    on: ``on_raft(src_node, [(partition_id, msg), ...])``,
+    ``on_gossip(src_node, payload)`` and ``on_request(conn, req_id, body)``.
+    A handler that blocks stalls only that connection; a request handler that
+    waits for work should answer later with ``conn.send_response`` from
+    another thread, so that pipelined requests keep flowing.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        cluster_name: str,
+        host: str,
+        port: int,
+        on_raft: RaftHandler,
+        on_request: RequestHandler | None = None,
+        on_gossip: GossipHandler | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        client_ssl_context: ssl.SSLContext | None = None,
+        queue_limit: int = 4096,
+        connect_timeout: float = 1.0,
+        io_timeout: float = 10.0,
+        handshake_timeout: float = 5.0,
+        backoff: tuple[float, float] = (0.05, 2.0),
+    ):
+        """``ssl_context`` serves inbound connections and, unless
+        ``client_ssl_context`` is given, also dials peers. ``io_timeout``
+        bounds a blocked write; ``backoff`` is the (first, maximum) delay
+        between reconnect attempts."""
+        self.node_id = node_id
+        self.cluster_name = cluster_name
+        self.host = host
+        self.port = port
+        self.on_raft = on_raft
+        self.on_request = on_request
+        self.on_gossip = on_gossip
+        self.max_frame_size = max_frame_size
+        self.server_ssl = ssl_context
+        self.client_ssl = client_ssl_context or ssl_context
+        self.queue_limit = queue_limit
+        self.connect_timeout = connect_timeout
+        self.io_timeout = io_timeout
+        self.handshake_timeout = handshake_timeout
+        self.backoff = backoff
+
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._started = False
+        self._listener: socket.socket | None = None
+        self._peers: dict[int, _Peer] = {}
+        self._inbound: dict[int, socket.socket] = {}  # by connection number, for stop()
+        self._conn_numbers = itertools.count()
+        self._threads: set[threading.Thread] = set()
+        self._stats: Counter[str] = Counter(dict.fromkeys(STATS, 0))
+        self._stats_lock = threading.Lock()
+
+    # --- lifecycle ----------------------------------------------------------
+
+    def start(self) -> None:
+        """Bind and start serving; a Transport starts at most once."""
+        if self._started or self._stopping.is_set():
+            raise RuntimeError("a Transport can only be started once")
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            listener.bind((self.host, self.port))
+            listener.listen(128)
+        except OSError:
+            listener.close()
+            raise
+        listener.settimeout(0.5)  # bounds how long stop() waits for accept() on any OS
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        with self._lock:
+            self._started = True
+            self._spawn(self._accept_loop, f"transport-{self.node_id}-accept")
+            for peer in self._peers.values():
+                peer.start()
+        log.info("node %d listening on %s:%d", self.node_id, self.host, self.port)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the listener and every connection, and join the threads."""
+        self._stopping.set()
+        if self._listener is not None:
+            _shutdown(self._listener)
+            self._listener.close()
+        with self._lock:
+            peers = list(self._peers.values())
+            self._peers.clear()
+            inbound = list(self._inbound.values())
+            threads = list(self._threads)
+        for peer in peers:
+            peer.retire()
+        for sock in inbound:
+            _shutdown(sock)
+        deadline = time.monotonic() + timeout
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            log.warning("node %d: threads still running after stop: %s", self.node_id, alive)
+
+    def _spawn(self, target, name: str, *args) -> threading.Thread:
+        def run():
+            try:
+                target(*args)
+            finally:
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name=name, daemon=True)
+        self._threads.add(t)  # callers hold self._lock
+        t.start()
+        return t
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters named in ``STATS``."""
+        with self._stats_lock:
+            return dict(self._stats)
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            self._stats.update(deltas)
+
+    # --- outbound -----------------------------------------------------------
+
+    def set_peer(self, node_id: int, host: str, port: int) -> None:
+        with self._lock:
+            old = self._peers.get(node_id)
+            if old is not None and old.address == (host, port):
+                return
+            if self._stopping.is_set():
+                return
+            peer = _Peer(self, node_id, (host, port))
+            self._peers[node_id] = peer
+            if self._started:
+                peer.start()
+        if old is not None:
+            old.retire()
+
+    def remove_peer(self, node_id: int) -> None:
+        with self._lock:
+            peer = self._peers.pop(node_id, None)
+        if peer is not None:
+            peer.retire()
+
+    def is_connected(self, node_id: int) -> bool:
+        """Whether the outbound connection to ``node_id`` is up (handshake done)."""
+        peer = self._peers.get(node_id)
+        return peer is not None and peer.connected
+
+    def send_raft(self, node_id: int, partition_id: int, msg) -> bool:
+        """Queue ``msg`` for ``node_id``; False if it was dropped at once."""
+        return self._enqueue(node_id, (partition_id, msg))
+
+    def send_gossip(self, node_id: int, payload: Any) -> bool:
+        return self._enqueue(node_id, Gossip(payload))
+
+    def _enqueue(self, node_id: int, item) -> bool:
+        peer = self._peers.get(node_id)
+        if peer is not None and peer.enqueue(item):
+            return True
+        self._count(dropped=1)
+        return False
+
+    # --- inbound ------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        listener = self._listener
+        while not self._stopping.is_set():
+            try:
+                sock, address = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as e:
+                if self._stopping.is_set():
+                    return
+                log.error("node %d: accept failed: %s", self.node_id, e)
+                self._stopping.wait(0.1)  # e.g. out of file descriptors: do not spin
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    sock.close()
+                    return
+                number = next(self._conn_numbers)
+                self._inbound[number] = sock
+                name = f"transport-{self.node_id}-conn-{_fmt(address)}"
+                self._spawn(self._serve, name, sock, address, number)
+
+    def _serve(self, sock: socket.socket, address, number: int) -> None:
+        peer = _fmt(address)
+        conn = None
+        try:
+            _nodelay(sock)
+            sock.settimeout(self.handshake_timeout)
+            if self.server_ssl is not None:
+                sock = self.server_ssl.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False
+                )
+                with self._lock:
+                    self._inbound[number] = sock  # the raw socket was detached
+                sock.do_handshake()
+            decoder = FrameDecoder(self.max_frame_size)
+            hello = self._handshake(sock, decoder, peer)
+            if hello is None:
+                return
+            conn = Connection(sock, address, hello)
+            sock.settimeout(self.io_timeout)
+            self._read_loop(conn, decoder)
+        except ProtocolError as e:
+            self._count(connection_errors=1)
+            log.warning("closing connection from %s: %s", peer, e.reason)
+        except (OSError, ValueError) as e:
+            if not self._stopping.is_set() and not (conn and conn.closed):
+                log.info("connection from %s failed: %s", peer, e)
+        finally:
+            if conn is not None:
+                conn.close()
+            with self._lock:
+                self._inbound.pop(number, None)
+            sock.close()
+
+    def _handshake(self, sock: socket.socket, decoder: FrameDecoder, peer: str) -> Hello | None:
+        try:
+            hello = recv_frame(sock, decoder)
+        except UnsupportedVersion as e:
+            self._reject(sock, peer, e.reason)
+            return None
+        if not isinstance(hello, Hello):
+            raise ProtocolError(f"expected HELLO, got {hello.TYPE.name}")
+        reason = self._check_hello(hello)
+        if reason:
+            self._reject(sock, peer, reason)
+            return None
+        sock.sendall(encode_frame(HelloOk(self.node_id)))
+        log.debug("node %d accepted %s %d from %s", self.node_id, hello.role, hello.node_id, peer)
+        return hello
+
+    def _check_hello(self, hello: Hello) -> str | None:
+        if hello.version != PROTOCOL_VERSION:
+            return (
+                f"protocol version mismatch: node {self.node_id} speaks "
+                f"{PROTOCOL_VERSION}, got {hello.version}"
+            )
+        if hello.cluster != self.cluster_name:
+            return (
+                f"cluster name mismatch: node {self.node_id} is in {self.cluster_name!r}, "
+                f"got {hello.cluster!r}"
+            )
+        if (hello.role == ROLE_PEER) != (hello.node_id >= 0):
+            return f"invalid node id {hello.node_id} for role {hello.role}"
+        return None
+
+    def _reject(self, sock: socket.socket, peer: str, reason: str) -> None:
+        self._count(connection_errors=1)
+        log.warning("node %d rejected handshake from %s: %s", self.node_id, peer, reason)
+        with contextlib.suppress(OSError):
+            sock.sendall(encode_frame(HelloReject(reason)))
+
+    def _read_loop(self, conn: Connection, decoder: FrameDecoder) -> None:
+        data = b""  # frames pipelined behind the HELLO may already be buffered
+        while True:
+            for frame in decoder.feed(data):
+                self._dispatch(conn, frame)
+            if self._stopping.is_set() or conn.closed:
+                return
+            try:
+                data = conn.recv()
+            except TimeoutError:
+                data = b""  # idle connection; the timeout only bounds writes
+                continue
+            if not data:
+                if not (conn.closed or self._stopping.is_set()):
+                    decoder.finish()
+                    log.debug("connection from %s closed by peer", _fmt(conn.address))
+                return
+
+    def _dispatch(self, conn: Connection, frame) -> None:
+        raft = len(frame.messages) if type(frame) is RaftBatch else 0
+        self._count(frames_received=1, raft_received=raft)
+        peer = conn.role == ROLE_PEER
+        try:
+            if type(frame) is RaftBatch and peer:
+                self.on_raft(conn.node_id, frame.messages)
+            elif type(frame) is Gossip and peer:
+                if self.on_gossip is not None:
+                    self.on_gossip(conn.node_id, frame.payload)
+            elif type(frame) is Request and self.on_request is not None:
+                self.on_request(conn, frame.req_id, frame.body)
+            else:
+                raise ProtocolError(f"unexpected {frame.TYPE.name} frame from a {conn.role}")
+        except ProtocolError:
+            raise
+        except Exception:
+            # A failing handler is a bug on this side, not the peer's fault.
+            log.exception(
+                "node %d: handler failed on %s from %r", self.node_id, frame.TYPE.name, conn
+            )
+
+
+class _Peer:
+    """The outbound side towards one peer: a bounded queue and a sender thread."""
+
+    def __init__(self, transport: Transport, node_id: int, address: tuple[str, int]):
+        self.t = transport
+        self.node_id = node_id
+        self.address = address
+        self.queue: deque = deque()
+        self.cond = threading.Condition()
+        self.retired = False
+        self.connected = False
+        self.sock: socket.socket | None = None
+        self._last_failure: str | None = None
+
+    def __repr__(self) -> str:
+        return f"peer {self.node_id} at {_fmt(self.address)}"
+
+    def start(self) -> None:
+        # Called with the transport's lock held.
+        self.t._spawn(self._run, f"transport-{self.t.node_id}-to-{self.node_id}")
+
+    def retire(self) -> None:
+        with self.cond:
+            self.retired = True
+            self.queue.clear()
+            self.cond.notify()
+            if self.sock is not None:
+                _shutdown(self.sock)
+
+    def enqueue(self, item) -> bool:
+        with self.cond:
+            if self.retired or len(self.queue) >= self.t.queue_limit:
+                return False
+            self.queue.append(item)
+            self.cond.notify()
+        return True
+
+    def _run(self) -> None:
+        first, cap = self.t.backoff
+        delay = first
+        while not self.retired:
+            sock = self._connect()
+            if sock is None:
+                self._drop_queued()
+                with self.cond:
+                    # Jitter keeps a restarted node from being hit by every peer at once.
+                    self.cond.wait_for(lambda: self.retired, delay * random.uniform(0.5, 1.0))
+                delay = min(delay * 2, cap)
+                continue
+            delay = first
+            try:
+                self._pump(sock)
+            except (OSError, ValueError) as e:
+                if not self.retired:
+                    self.t._count(connection_errors=1)
+                    log.info("node %d lost connection to %r: %s", self.t.node_id, self, e)
+            finally:
+                with self.cond:
+                    self.sock = None
+                    self.connected = False
+                sock.close()
+
+    def _failed(self, what: str, level: int = logging.WARNING) -> None:
+        # Repeated identical failures during backoff are logged once.
+        if what == self._last_failure:
+            level = logging.DEBUG
+        self._last_failure = what
+        log.log(level, "node %d: %r: %s", self.t.node_id, self, what)
+
+    def _connect(self) -> socket.socket | None:
+        t = self.t
+        try:
+            sock = socket.create_connection(self.address, timeout=t.connect_timeout)
+        except OSError as e:
+            self._failed(f"cannot connect: {e}", logging.INFO)
+            return None
+        with self.cond:
+            if self.retired:
+                sock.close()
+                return None
+            self.sock = sock  # lets retire() interrupt the handshake
+        try:
+            _nodelay(sock)
+            sock.settimeout(t.handshake_timeout)
+            if t.client_ssl is not None:
+                sock = t.client_ssl.wrap_socket(
+                    sock, server_hostname=self.address[0], do_handshake_on_connect=False
+                )
+                with self.cond:
+                    self.sock = sock  # the raw socket was detached
+                sock.do_handshake()
+            sock.sendall(
+                encode_frame(Hello(t.cluster_name, t.node_id, PROTOCOL_VERSION, ROLE_PEER))
+            )
+            reply = recv_frame(sock, FrameDecoder(t.max_frame_size))
+            if type(reply) is HelloReject:
+                raise HandshakeRejected(reply.reason)
+            if type(reply) is not HelloOk:
+                raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
+            if reply.node_id != self.node_id:
+                raise ProtocolError(f"answered as node {reply.node_id}, expected {self.node_id}")
+        except (OSError, ValueError, ProtocolError) as e:
+            if not self.retired:
+                t._count(connection_errors=1)
+                rejected = isinstance(e, HandshakeRejected)
+                self._failed(str(e) if rejected else f"handshake failed: {e}")
+            with self.cond:
+                self.sock = None
+            sock.close()
+            return None
+        sock.settimeout(t.io_timeout)
+        log.info("node %d connected to %r", t.node_id, self)
+        self._last_failure = None
+        self.connected = True
+        return sock
+
+    def _drop_queued(self) -> None:
+        with self.cond:
+            n = len(self.queue)
+            self.queue.clear()
+        if n:
+            self.t._count(dropped=n)
+
+    def _pump(self, sock: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        while True:
+            with self.cond:
+                # The periodic wake-up notices a peer that went away while idle.
+                self.cond.wait_for(lambda: self.queue or self.retired, 1.0)
+                if self.retired:
+                    return
+            if poller.poll(0) and self._closed_by_peer(sock):
+                raise ConnectionError("connection closed by peer")
+            with self.cond:
+                items = list(self.queue)
+                self.queue.clear()
+            if items:
+                data, frames, raft, gossip = self._encode(items)
+                sock.sendall(data)
+                self.t._count(frames_sent=frames, raft_sent=raft, gossip_sent=gossip)
+
+    def _closed_by_peer(self, sock: socket.socket) -> bool:
+        # Peers never write on a connection we dialed once the handshake is
+        # over, so readable means EOF, an error, or (TLS) a session ticket.
+        sock.setblocking(False)
+        try:
+            sock.recv(1)  # b"" (EOF) or unexpected data: unusable either way
+            return True
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return False
+        except OSError:
+            return True
+        finally:
+            sock.settimeout(self.t.io_timeout)
+
+    def _encode(self, items: list) -> tuple[bytes, int, int, int]:
+        """All queued items as frames: consecutive Raft messages share a RAFT frame."""
+        limit = self.t.max_frame_size - _ARRAY_HEADER_MAX
+        chunks: list[bytes] = []
+        batch: list[bytes] = []
+        size = raft = gossip = 0
+        for item in items:
+            try:
+                data = encode_frame(item) if type(item) is Gossip else pack_raft_item(*item)
+            except Exception:
+                # A value the codec cannot encode is the caller's bug; the
+                # sender thread must survive it.
+                log.exception("node %d: cannot encode %r for %r", self.t.node_id, item, self)
+                self.t._count(dropped=1)
+                continue
+            if type(item) is Gossip:
+                if len(data) > self.t.max_frame_size:
+                    self._drop_oversized("gossip payload", len(data))
+                    continue
+                if batch:
+                    chunks.append(raft_frame(batch))
+                    batch, size = [], 0
+                chunks.append(data)
+                gossip += 1
+                continue
+            if len(data) > limit:
+                self._drop_oversized(type(item[1]).__name__, len(data))
+                continue
+            if size + len(data) > limit:
+                chunks.append(raft_frame(batch))
+                batch, size = [], 0
+            batch.append(data)
+            size += len(data)
+            raft += 1
+        if batch:
+            chunks.append(raft_frame(batch))
+        return b"".join(chunks), len(chunks), raft, gossip
+
+    def _drop_oversized(self, what: str, size: int) -> None:
+        self.t._count(dropped=1)
+        log.error(
+            "node %d: dropping %s of %d bytes for %r: over the frame limit of %d",
+            self.t.node_id,
+            what,
+            size,
+            self,
+            self.t.max_frame_size,
+        )
+
+
+class FramedClient:
+    """A blocking client connection: handshake, then requests and responses.
+
+    Not thread-safe. ``send_request``/``recv_response`` pipeline; ``request``
+    waits for its own response and keeps others for ``recv_response``.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        cluster_name: str,
+        timeout: float = 15.0,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_frame_size: int = MAX_FRAME_SIZE,
+    ):
+        self.address = (host, port)
+        self._decoder = FrameDecoder(max_frame_size)
+        self._next_id = 1
+        self._early: dict[int, dict] = {}  # responses read while waiting for another
+        sock = socket.create_connection(self.address, timeout=timeout)
+        try:
+            _nodelay(sock)
+            if ssl_context is not None:
+                sock = ssl_context.wrap_socket(sock, server_hostname=host)
+            sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
+            reply = recv_frame(sock, self._decoder)
+            if type(reply) is HelloReject:
+                log.warning("%s rejected handshake: %s", _fmt(self.address), reply.reason)
+                raise HandshakeRejected(reply.reason)
+            if type(reply) is not HelloOk:
+                raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
+        except BaseException:
+            sock.close()
+            raise
+        self.node_id = reply.node_id
+        self._sock = sock
+
+    def send_request(self, body: dict) -> int:
+        req_id = self._next_id
+        self._next_id += 1
+        self._sock.sendall(encode_frame(Request(req_id, body)))
+        return req_id
+
+    def recv_response(self) -> tuple[int, dict]:
+        if self._early:
+            req_id = next(iter(self._early))
+            return req_id, self._early.pop(req_id)
+        return self._read_response()
+
+    def request(self, body: dict) -> dict:
+        req_id = self.send_request(body)
+        while True:
+            got, response = self._read_response()
+            if got == req_id:
+                return response
+            self._early[got] = response
+
+    def _read_response(self) -> tuple[int, dict]:
+        frame = recv_frame(self._sock, self._decoder)
+        if type(frame) is not Response:
+            raise ProtocolError(f"expected RESPONSE, got {frame.TYPE.name}")
+        return frame.req_id, frame.body
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> FramedClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

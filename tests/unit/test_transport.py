@@ -1,0 +1,516 @@
+import logging
+import shutil
+import socket
+import ssl
+import struct
+import subprocess
+import threading
+
+import msgpack
+import pytest
+
+from broker.raft.messages import AppendRequest, Entry, TimeoutNow, VoteRequest, VoteResponse
+from broker.transport import FramedClient, HandshakeRejected, Transport
+from broker.wire import (
+    FrameDecoder,
+    FrameType,
+    Hello,
+    HelloOk,
+    HelloReject,
+    ProtocolError,
+    RaftBatch,
+    Request,
+    Response,
+    encode_frame,
+)
+from tests.helpers import wait_until
+
+HOST = "127.0.0.1"
+CLUSTER = "test-cluster"
+LOGGER = "broker.transport"
+
+
+class Inbox:
+    """Collects what a transport's callbacks receive."""
+
+    def __init__(self):
+        self.raft: list[tuple[int, int, object]] = []  # (src, partition, message)
+        self.gossip: list[tuple[int, object]] = []
+        self.batches = 0
+
+    def on_raft(self, src, messages):
+        self.batches += 1
+        self.raft.extend((src, pid, msg) for pid, msg in messages)
+
+    def on_gossip(self, src, payload):
+        self.gossip.append((src, payload))
+
+
+def echo(conn, req_id, body):
+    conn.send_response(req_id, {"echo": body})
+
+
+@pytest.fixture
+def make_transport():
+    """Builds transports on 127.0.0.1 and stops them all at teardown."""
+    started = []
+
+    def make(node_id, *, port=0, cluster=CLUSTER, start=True, **kw):
+        inbox = Inbox()
+        kw.setdefault("on_request", echo)
+        kw.setdefault("backoff", (0.01, 0.1))
+        t = Transport(node_id, cluster, HOST, port, inbox.on_raft, on_gossip=inbox.on_gossip, **kw)
+        t.inbox = inbox
+        started.append(t)
+        if start:
+            t.start()
+        return t
+
+    yield make
+    for t in started:
+        t.stop()
+    leftover = [th.name for th in threading.enumerate() if th.name.startswith("transport-")]
+    assert not leftover, f"threads left running: {leftover}"
+
+
+@pytest.fixture
+def closing():
+    """Closes the clients and sockets a test registers."""
+    things = []
+    yield things.append
+    for thing in things:
+        thing.close()
+
+
+def connect_pair(a: Transport, b: Transport) -> None:
+    a.set_peer(b.node_id, HOST, b.port)
+    b.set_peer(a.node_id, HOST, a.port)
+    wait_until(lambda: a.is_connected(b.node_id) and b.is_connected(a.node_id))
+
+
+def client_hello(sock: socket.socket) -> None:
+    sock.sendall(encode_frame(Hello(CLUSTER, -1, 1, "client")))
+    assert read_frame(sock) == HelloOk(1)
+
+
+def read_frame(sock: socket.socket):
+    decoder = FrameDecoder()
+    while True:
+        data = sock.recv(65536)
+        assert data, "connection closed"
+        for frame in decoder.feed(data):
+            return frame
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    """Reads until the server closes (the socket's timeout bounds the wait)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def logged(caplog, *fragments: str) -> bool:
+    return any(all(f in r.getMessage() for f in fragments) for r in caplog.records)
+
+
+# --- peers --------------------------------------------------------------------
+
+
+def test_raft_batches_flow_both_ways(make_transport):
+    a, b = make_transport(1), make_transport(2)
+    connect_pair(a, b)
+    append = AppendRequest(3, 1, 2, 0, 0, (Entry(1, 3, data=b"x" * 100),), 0)
+    a.send_raft(2, 7, append)
+    a.send_raft(2, 8, VoteRequest(3, 1, 2, 1, 3))
+    b.send_raft(1, 7, VoteResponse(3, 2, 1, True))
+    wait_until(lambda: len(b.inbox.raft) == 2 and len(a.inbox.raft) == 1)
+    assert b.inbox.raft == [(1, 7, append), (1, 8, VoteRequest(3, 1, 2, 1, 3))]
+    assert a.inbox.raft == [(2, 7, VoteResponse(3, 2, 1, True))]
+
+
+def test_gossip_frames_reach_the_gossip_callback(make_transport):
+    a, b = make_transport(1), make_transport(2)
+    a.set_peer(2, HOST, b.port)
+    wait_until(lambda: a.is_connected(2))
+    a.send_gossip(2, {"alive": [1, 2], "incarnation": 4})
+    wait_until(lambda: b.inbox.gossip)
+    assert b.inbox.gossip == [(1, {"alive": [1, 2], "incarnation": 4})]
+
+
+def test_queued_messages_are_batched_into_one_frame(make_transport):
+    b = make_transport(2)
+    a = make_transport(1, start=False)
+    a.set_peer(2, HOST, b.port)
+    # Queued before the sender runs, so they all go out in the first write.
+    for i in range(500):
+        assert a.send_raft(2, i % 8, TimeoutNow(i, 1, 2))
+    a.start()
+    wait_until(lambda: len(b.inbox.raft) == 500 and a.stats()["raft_sent"] == 500)
+    assert [m.term for _, _, m in b.inbox.raft] == list(range(500))
+    assert a.stats()["frames_sent"] == 1
+    assert b.inbox.batches == 1
+
+
+def test_a_batch_over_the_frame_limit_is_split(make_transport):
+    limit = 16 * 1024
+    b = make_transport(2, max_frame_size=limit)
+    a = make_transport(1, start=False, max_frame_size=limit)
+    a.set_peer(2, HOST, b.port)
+    entries = (Entry(1, 1, data=bytes(1000)),)
+    for i in range(100):  # ~100 KB in total
+        a.send_raft(2, 1, AppendRequest(i, 1, 2, 0, 0, entries, 0))
+    a.send_raft(2, 1, AppendRequest(0, 1, 2, 0, 0, (Entry(1, 1, data=bytes(limit)),), 0))
+    a.start()
+    wait_until(lambda: len(b.inbox.raft) == 100 and a.stats()["raft_sent"] == 100)
+    assert [m.term for _, _, m in b.inbox.raft] == list(range(100))
+    stats = a.stats()
+    assert 100 * 1000 // limit < stats["frames_sent"] < 100
+    assert stats["dropped"] == 1  # the single message over the limit
+
+
+def test_reconnects_after_the_remote_restarts_on_the_same_port(make_transport):
+    a, b = make_transport(1), make_transport(2)
+    a.set_peer(2, HOST, b.port)
+    wait_until(lambda: a.is_connected(2))
+    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    wait_until(lambda: b.inbox.raft)
+
+    b.stop()
+    wait_until(lambda: not a.is_connected(2))
+    b2 = make_transport(2, port=b.port)
+    wait_until(lambda: a.is_connected(2))
+    a.send_raft(2, 1, TimeoutNow(2, 1, 2))
+    wait_until(lambda: b2.inbox.raft)
+    assert b2.inbox.raft == [(1, 1, TimeoutNow(2, 1, 2))]
+
+
+def test_messages_to_an_unreachable_peer_are_dropped_and_the_queue_is_bounded(make_transport):
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        dead_port = s.getsockname()[1]  # bound but not listening: connections are refused
+        a = make_transport(1, start=False, queue_limit=10)
+        a.set_peer(2, HOST, dead_port)
+        accepted = [a.send_raft(2, 1, TimeoutNow(i, 1, 2)) for i in range(15)]
+        assert accepted == [True] * 10 + [False] * 5
+        assert not a.send_raft(3, 1, TimeoutNow(1, 1, 3))  # unknown peer
+        a.start()
+        wait_until(lambda: a.stats()["dropped"] == 16)
+        assert not a.is_connected(2)
+
+
+def test_a_peer_answering_with_another_node_id_is_dropped(make_transport, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    a, b = make_transport(1), make_transport(2)
+    a.set_peer(5, HOST, b.port)
+    wait_until(lambda: logged(caplog, "peer 5", "answered as node 2, expected 5"))
+    a.send_raft(5, 1, TimeoutNow(1, 1, 5))
+    assert not a.is_connected(5)
+    assert b.inbox.raft == []
+
+
+def test_the_sender_survives_a_message_it_cannot_encode(make_transport, caplog):
+    a, b = make_transport(1), make_transport(2)
+    a.set_peer(2, HOST, b.port)
+    a.send_raft(2, 1, object())
+    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    wait_until(lambda: b.inbox.raft == [(1, 1, TimeoutNow(1, 1, 2))])
+    assert a.stats()["dropped"] == 1
+    assert logged(caplog, "cannot encode")
+
+
+def test_a_failing_handler_does_not_close_the_connection(make_transport, caplog):
+    b = make_transport(2)
+    received = []
+
+    def flaky(src, messages):
+        received.extend(messages)
+        if len(received) == 1:
+            raise RuntimeError("bug in the handler")
+
+    b.on_raft = flaky
+    a = make_transport(1)
+    a.set_peer(2, HOST, b.port)
+    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    wait_until(lambda: received)
+    a.send_raft(2, 1, TimeoutNow(2, 1, 2))
+    wait_until(lambda: len(received) == 2)
+    assert logged(caplog, "handler failed on RAFT")
+    assert a.stats()["connection_errors"] == 0
+
+
+def test_a_transport_starts_once(make_transport):
+    t = make_transport(1)
+    with pytest.raises(RuntimeError):
+        t.start()
+
+
+def test_removed_peer_gets_nothing(make_transport):
+    a, b = make_transport(1), make_transport(2)
+    a.set_peer(2, HOST, b.port)
+    wait_until(lambda: a.is_connected(2))
+    a.remove_peer(2)
+    assert not a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    wait_until(lambda: not any(t.name == "transport-1-to-2" for t in threading.enumerate()))
+
+
+def test_cluster_name_mismatch_is_refused_and_logged_on_both_sides(make_transport, caplog):
+    caplog.set_level(logging.WARNING, LOGGER)
+    a = make_transport(1, cluster="blue")
+    b = make_transport(2, cluster="green")
+    a.set_peer(2, HOST, b.port)
+    reason = "cluster name mismatch: node 2 is in 'green', got 'blue'"
+    wait_until(lambda: logged(caplog, "node 2 rejected handshake from 127.0.0.1:", reason))
+    wait_until(lambda: logged(caplog, f"peer 2 at 127.0.0.1:{b.port}", "rejected", reason))
+    assert not a.is_connected(2)
+    with pytest.raises(HandshakeRejected, match="cluster name mismatch"):
+        FramedClient(HOST, b.port, "blue", timeout=5)
+    assert logged(caplog, f"127.0.0.1:{b.port} rejected handshake: cluster name mismatch")
+
+
+def test_protocol_version_mismatch_is_refused(make_transport, caplog, closing):
+    caplog.set_level(logging.WARNING, LOGGER)
+    b = make_transport(2)
+    # A future client announcing version 2 in its HELLO.
+    s = socket.create_connection((HOST, b.port), timeout=5)
+    closing(s)
+    s.sendall(encode_frame(Hello(CLUSTER, -1, 2, "client")))
+    assert read_frame(s) == HelloReject("protocol version mismatch: node 2 speaks 1, got 2")
+    assert closed_by_server(s)
+    # A frame header in a version this node cannot even parse.
+    s2 = socket.create_connection((HOST, b.port), timeout=5)
+    closing(s2)
+    body = msgpack.packb([CLUSTER, -1, 9, "client"])
+    s2.sendall(struct.pack(">2sBBI", b"BK", 9, FrameType.HELLO, len(body)) + body)
+    reject = read_frame(s2)
+    assert isinstance(reject, HelloReject) and "unsupported protocol version 9" in reject.reason
+    assert closed_by_server(s2)
+    assert logged(caplog, "rejected handshake", "protocol version mismatch")
+
+
+@pytest.mark.parametrize("node_id, role", [(3, "client"), (-1, "peer")])
+def test_node_id_must_match_the_role(make_transport, closing, node_id, role):
+    b = make_transport(2)
+    s = socket.create_connection((HOST, b.port), timeout=5)
+    closing(s)
+    s.sendall(encode_frame(Hello(CLUSTER, node_id, 1, role)))
+    assert read_frame(s) == HelloReject(f"invalid node id {node_id} for role {role}")
+    assert closed_by_server(s)
+
+
+# --- bad input --------------------------------------------------------------------
+
+OVERSIZED = struct.pack(">2sBBI", b"BK", 1, FrameType.REQUEST, 64 * 1024 * 1024)
+TRUNCATED = encode_frame(Request(7, {"data": b"x" * 1000}))[:-10]
+
+
+@pytest.mark.parametrize(
+    "handshake, payload, close_ours, reason",
+    [
+        (False, b"GET / HTTP/1.1\r\n\r\n", False, "bad magic"),
+        (True, b"\x00garbage\xff" * 10, False, "bad magic"),
+        (True, OVERSIZED, False, "frame of 67108864 bytes exceeds limit of 4194304"),
+        (True, TRUNCATED, True, "stream ended inside a frame"),
+        (False, TRUNCATED, True, "stream ended inside a frame"),
+        (True, encode_frame(Hello(CLUSTER, -1, 1, "client")), False, "unexpected HELLO"),
+        (False, encode_frame(Request(1, {})), False, "expected HELLO, got REQUEST"),
+    ],
+    ids=[
+        "garbage-before-hello",
+        "garbage",
+        "oversized",
+        "truncated",
+        "truncated-hello",
+        "second-hello",
+        "request-before-hello",
+    ],
+)
+def test_bad_input_closes_only_that_connection(
+    make_transport, caplog, closing, handshake, payload, close_ours, reason
+):
+    caplog.set_level(logging.WARNING, LOGGER)
+    server = make_transport(1)
+    good = FramedClient(HOST, server.port, CLUSTER, timeout=5)
+    closing(good)
+    assert good.request({"n": 1}) == {"echo": {"n": 1}}
+
+    bad = socket.create_connection((HOST, server.port), timeout=5)
+    closing(bad)
+    address = "{}:{}".format(*bad.getsockname())
+    if handshake:
+        client_hello(bad)
+    bad.sendall(payload)
+    if close_ours:
+        bad.shutdown(socket.SHUT_WR)
+    assert closed_by_server(bad)
+    wait_until(lambda: logged(caplog, f"closing connection from {address}", reason))
+
+    assert good.request({"n": 2}) == {"echo": {"n": 2}}
+    with FramedClient(HOST, server.port, CLUSTER, timeout=5) as fresh:
+        assert fresh.request({"n": 3}) == {"echo": {"n": 3}}
+
+
+def test_raft_frames_from_a_client_are_refused(make_transport, caplog, closing):
+    caplog.set_level(logging.WARNING, LOGGER)
+    server = make_transport(1)
+    s = socket.create_connection((HOST, server.port), timeout=5)
+    closing(s)
+    client_hello(s)
+    s.sendall(encode_frame(RaftBatch([(1, TimeoutNow(1, 2, 1))])))
+    assert closed_by_server(s)
+    wait_until(lambda: logged(caplog, "unexpected RAFT frame from a client"))
+    assert server.inbox.raft == []
+
+
+def test_a_blocked_callback_does_not_stop_other_connections(make_transport, closing):
+    release = threading.Event()
+    entered = threading.Event()
+
+    def stuck(src, messages):
+        entered.set()
+        release.wait(10)
+
+    b = make_transport(2)
+    b.on_raft = stuck
+    a = make_transport(1)
+    a.set_peer(2, HOST, b.port)
+    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    try:
+        assert entered.wait(5)
+        client = FramedClient(HOST, b.port, CLUSTER, timeout=5)
+        closing(client)
+        assert client.request({"still": "serving"}) == {"echo": {"still": "serving"}}
+    finally:
+        release.set()
+
+
+# --- clients --------------------------------------------------------------------
+
+
+def test_client_request_response_with_pipelining(make_transport, closing):
+    server = make_transport(1)
+    client = FramedClient(HOST, server.port, CLUSTER, timeout=5)
+    closing(client)
+    assert client.node_id == 1
+    ids = [client.send_request({"i": i}) for i in range(50)]
+    assert len(set(ids)) == 50
+    responses = dict(client.recv_response() for _ in ids)
+    assert responses == {rid: {"echo": {"i": i}} for i, rid in enumerate(ids)}
+
+    # request() waits for its own response and keeps the others for recv_response().
+    first = client.send_request({"x": 1})
+    assert client.request({"x": 2}) == {"echo": {"x": 2}}
+    assert client.recv_response() == (first, {"echo": {"x": 1}})
+
+
+def test_responses_can_come_from_other_threads_out_of_order(make_transport, closing):
+    held = []
+    responders = []
+
+    def defer(conn, req_id, body):
+        held.append((conn, req_id, body))
+        if len(held) == 2:  # answer the second request first, from other threads
+            for conn, rid, b in reversed(held):
+                responders.append(threading.Thread(target=conn.send_response, args=(rid, b)))
+                responders[-1].start()
+
+    server = make_transport(1, on_request=defer)
+    client = FramedClient(HOST, server.port, CLUSTER, timeout=5)
+    closing(client)
+    r1 = client.send_request({"n": 1})
+    assert client.request({"n": 2}) == {"n": 2}
+    assert client.recv_response() == (r1, {"n": 1})
+    for t in responders:
+        t.join(5)
+
+
+def test_send_response_on_a_closed_connection_returns_false(make_transport):
+    conns = []
+    server = make_transport(1, on_request=lambda conn, rid, body: conns.append(conn))
+    with FramedClient(HOST, server.port, CLUSTER, timeout=5) as client:
+        client.send_request({})
+        wait_until(lambda: conns)
+    wait_until(lambda: not conns[0].send_response(1, {}))
+
+
+# --- TLS --------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=broker-test", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.load_verify_locations(cert)
+    return server, client
+
+
+def test_tls_between_peers_and_for_clients(make_transport, tls_contexts, caplog, closing):
+    caplog.set_level(logging.INFO, LOGGER)
+    server_ctx, client_ctx = tls_contexts
+    kw = {"ssl_context": server_ctx, "client_ssl_context": client_ctx}
+    a, b = make_transport(1, **kw), make_transport(2, **kw)
+    connect_pair(a, b)
+    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
+    b.send_raft(1, 1, TimeoutNow(2, 2, 1))
+    wait_until(lambda: a.inbox.raft and b.inbox.raft)
+
+    with FramedClient(HOST, b.port, CLUSTER, timeout=5, ssl_context=client_ctx) as client:
+        assert client.request({"secure": True}) == {"echo": {"secure": True}}
+        ids = [client.send_request({"i": i}) for i in range(20)]
+        assert dict(client.recv_response() for _ in ids) == {
+            rid: {"echo": {"i": i}} for i, rid in enumerate(ids)
+        }
+
+    plain = socket.create_connection((HOST, b.port), timeout=5)
+    closing(plain)
+    plain.sendall(encode_frame(Hello(CLUSTER, -1, 1, "client")))
+    assert closed_by_server(plain)
+    wait_until(lambda: logged(caplog, "connection from 127.0.0.1:", "failed"))
+
+    # The peer connections survived the plaintext intruder.
+    a.send_raft(2, 1, TimeoutNow(3, 1, 2))
+    wait_until(lambda: len(b.inbox.raft) == 2)
+
+
+def test_response_type_is_checked_by_the_client(make_transport, closing):
+    # A server that answers a request with a HELLO_OK is broken; the client says so.
+    listener = socket.socket()
+    closing(listener)
+    listener.bind((HOST, 0))
+    listener.listen(1)
+
+    def fake_server():
+        conn, _ = listener.accept()
+        with conn:
+            FrameDecoder().feed(conn.recv(65536))
+            conn.sendall(encode_frame(HelloOk(9)))
+            conn.recv(65536)
+            conn.sendall(encode_frame(Response(99, {})) + encode_frame(HelloOk(9)))
+
+    t = threading.Thread(target=fake_server)
+    t.start()
+    try:
+        with FramedClient(HOST, listener.getsockname()[1], CLUSTER, timeout=5) as client:
+            assert client.node_id == 9
+            client.send_request({})
+            assert client.recv_response() == (99, {})
+            with pytest.raises(ProtocolError, match="expected RESPONSE, got HELLO_OK"):
+                client.recv_response()
+    finally:
+        t.join(5)
