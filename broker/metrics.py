@@ -1,0 +1,101 @@
+"""Prometheus metrics of one broker.
+
+Each BrokerMetrics owns its registry instead of using the process-global one,
+so several brokers (tests, the simulator, a local cluster) can live in one
+process without clashing metric names.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+COMMIT_LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0,
+)  # fmt: skip
+FSYNC_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
+FLUSH_ENTRIES_BUCKETS = tuple(float(2**i) for i in range(13))  # 1 .. 4096
+
+# Values of broker_partition_role.
+ROLE_FOLLOWER = 0
+ROLE_CANDIDATE = 1
+ROLE_LEADER = 2
+
+
+class BrokerMetrics:
+    """The broker's metrics, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.commit_latency = Histogram(
+            "broker_commit_latency_seconds",
+            "Time from proposal to commit at the partition leader.",
+            ["partition"],
+            buckets=COMMIT_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.records_committed = Counter(
+            "broker_records_committed_total",
+            "Records committed.",
+            ["partition"],
+            registry=r,
+        )
+        self.fsync_duration = Histogram(
+            "broker_journal_fsync_duration_seconds",
+            "Duration of one journal fsync.",
+            ["partition"],
+            buckets=FSYNC_BUCKETS,
+            registry=r,
+        )
+        self.fsync_batch = Histogram(
+            "broker_journal_flush_entries",
+            "Journal entries made durable by one group-commit flush.",
+            ["partition"],
+            buckets=FLUSH_ENTRIES_BUCKETS,
+            registry=r,
+        )
+        self.leader_changes = Counter(
+            "broker_leader_changes_total",
+            "Leader changes seen by this broker.",
+            ["partition"],
+            registry=r,
+        )
+        self.inflight_requests = Gauge(
+            "broker_gateway_inflight_requests",
+            "Client requests in flight at the gateway.",
+            ["partition"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "broker_gateway_requests_total",
+            "Client requests answered by the gateway, by operation and result code.",
+            ["op", "code"],
+            registry=r,
+        )
+        self.role = Gauge(
+            "broker_partition_role",
+            "Raft role of this broker per partition: 0 follower, 1 candidate, 2 leader.",
+            ["partition"],
+            registry=r,
+        )
+        self.bad_frames = Counter(
+            "broker_transport_bad_frames_total",
+            "Malformed or oversized frames that closed a connection.",
+            ["reason"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """All metrics in the Prometheus text format (see CONTENT_TYPE)."""
+        return generate_latest(self.registry)
