@@ -566,8 +566,8 @@ class RaftNode:
                         p.probe(p.match + 1)  # acks stopped: assume loss, resend
                         self._dirty.add(member)
                 elif p.state is _State.PROBE:
-                    p.paused = False
-                    if p.next <= self.log.last_index:
+                    p.paused = False  # the probe or its answer may be lost: probe again
+                    if p.match < self.log.last_index:
                         self._dirty.add(member)
                 elif p.state is _State.SNAPSHOT and self._ticks - p.snap_sent_tick > stall:
                     # chunks were lost, or the follower lost its buffer: go back to
@@ -661,11 +661,8 @@ class RaftNode:
                     return  # stepped down (removed from the group)
                 if self.transferee == m.src and p.match == self.log.last_index:
                     self._send(TimeoutNow(self.term, self.id, m.src))
-            elif p.state is _State.PROBE:
-                p.state = _State.REPLICATE
-                p.paused = False
-                p.inflight.clear()
-                p.next = p.match + 1
+            # An ack that advances nothing (a heartbeat's, prev = match) says
+            # nothing new: a probe in flight decides where to continue.
             if p.next <= self.log.last_index:
                 self._dirty.add(m.src)
             return
