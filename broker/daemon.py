@@ -1,0 +1,189 @@
+"""``broker run|start|stop|status``: one broker in the foreground or as a daemon.
+
+``run`` is what systemd starts. ``start``/``stop``/``status`` serve hosts
+without systemd (labs, laptops): ``start`` launches ``broker run`` detached,
+with ``broker.pid`` and ``broker.log`` in the data directory, and returns once
+the broker reports startup on its management port (or fails, printing the end
+of its log). All three are idempotent: starting a running broker or stopping
+a stopped one succeeds and says so.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from broker.config import BrokerConfig, ConfigError, load_config
+
+EXIT_NOT_RUNNING = 3  # LSB: program is not running
+
+
+def _load(path: str | None) -> BrokerConfig:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        raise SystemExit(exc.exit_code) from None
+
+
+def _paths(cfg: BrokerConfig) -> tuple[str, str]:
+    d = cfg.data.directory
+    return os.path.join(d, "broker.pid"), os.path.join(d, "broker.log")
+
+
+def _running_pid(pid_file: str) -> int | None:
+    """The pid in the pid file, if that process is alive and is a broker."""
+    try:
+        with open(pid_file) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\0")
+    except OSError:
+        return None
+    # guard against pid reuse: it must be our `broker run`
+    return pid if b"run" in cmdline and any(b"broker" in part for part in cmdline) else None
+
+
+def _health(cfg: BrokerConfig, what: str = "startup") -> dict | None:
+    host = cfg.management.host
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    req = urllib.request.Request(f"http://{host}:{cfg.management.port}/actuator/health/{what}")
+    if cfg.management.token:
+        req.add_header("Authorization", f"Bearer {cfg.management.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=1) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+
+
+def run(config: str | None) -> int:
+    cfg = _load(config)
+    logging.basicConfig(
+        level=logging.INFO,
+        format=f"%(asctime)s broker-{cfg.cluster.node_id} %(levelname)s %(name)s: %(message)s",
+    )
+    from broker.server import Broker
+
+    broker = Broker(cfg)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        broker.start()
+    except OSError as exc:
+        logging.getLogger("broker").error("cannot start: %s", exc)
+        broker.stop()
+        return 1
+    stop.wait()
+    broker.stop()
+    return 0
+
+
+def start(config: str | None, wait: float = 60.0) -> int:
+    cfg = _load(config)
+    pid_file, log_file = _paths(cfg)
+    os.makedirs(cfg.data.directory, exist_ok=True)
+    pid = _running_pid(pid_file)
+    if pid is not None:
+        print(f"broker {cfg.cluster.node_id} already running (pid {pid})")
+        return 0
+    cmd = [sys.executable, "-m", "broker", "run"]
+    if config:
+        cmd += ["--config", os.path.abspath(config)]
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the shell (and Ansible task) that started it
+            close_fds=True,
+        )
+    with open(pid_file, "w") as f:
+        f.write(f"{proc.pid}\n")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            print(f"broker {cfg.cluster.node_id} exited with code {proc.returncode}; log:")
+            print(_tail(log_file), file=sys.stderr)
+            os.unlink(pid_file)
+            return 1
+        h = _health(cfg)
+        if h and h.get("status") == "UP":
+            print(f"broker {cfg.cluster.node_id} started (pid {proc.pid}), log {log_file}")
+            return 0
+        time.sleep(0.1)  # polling a child process for readiness, bounded by the deadline
+    print(f"broker {cfg.cluster.node_id}: no startup within {wait:.0f}s; log:", file=sys.stderr)
+    print(_tail(log_file), file=sys.stderr)
+    return 1
+
+
+def stop(config: str | None, wait: float = 30.0) -> int:
+    cfg = _load(config)
+    pid_file, _ = _paths(cfg)
+    pid = _running_pid(pid_file)
+    if pid is None:
+        print(f"broker {cfg.cluster.node_id} is not running")
+        if os.path.exists(pid_file):
+            os.unlink(pid_file)
+        return 0
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.05)  # waiting for another process to exit, bounded by the deadline
+    if _alive(pid):
+        print(f"broker {cfg.cluster.node_id} (pid {pid}) ignored SIGTERM; killing it")
+        os.kill(pid, signal.SIGKILL)
+        while _alive(pid):
+            time.sleep(0.05)
+    if os.path.exists(pid_file):
+        os.unlink(pid_file)
+    print(f"broker {cfg.cluster.node_id} stopped")
+    return 0
+
+
+def status(config: str | None) -> int:
+    cfg = _load(config)
+    pid_file, log_file = _paths(cfg)
+    pid = _running_pid(pid_file)
+    if pid is None:
+        print(f"broker {cfg.cluster.node_id}: not running")
+        return EXIT_NOT_RUNNING
+    ready = _health(cfg, "readiness")
+    state = ready.get("status", "?") if ready else "no answer"
+    print(f"broker {cfg.cluster.node_id}: running (pid {pid}), readiness {state}, log {log_file}")
+    return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as exited
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""

@@ -1,0 +1,276 @@
+"""Client requests: validate, pick the partition, route to its leader, answer.
+
+Any broker accepts any request. Keyed requests go to partition
+``crc32(key) % partitionsCount + 1``; unkeyed appends go round-robin over the
+partitions that have a leader. If this broker leads the partition, the
+command is proposed to the local Raft group and answered when applied;
+otherwise it is forwarded to the leader's gateway (one hop: a forwarded
+request is never forwarded again, the leader answers NOT_LEADER instead and
+this gateway retries). Retries on leader change continue until the request
+deadline. Answers never block the connection's reader thread.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import zlib
+from collections.abc import Callable
+
+from broker import partition as sm
+
+log = logging.getLogger(__name__)
+
+RETRY_DELAY = 0.05  # between routing attempts while a partition has no known leader
+MAX_READ = 10_000
+
+
+class RequestError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def key_partition(key: str, partitions_count: int) -> int:
+    return zlib.crc32(key.encode()) % partitions_count + 1
+
+
+def _retryable(result: dict) -> bool:
+    """Only retry what is known not to have been committed (no duplicates)."""
+    return result.get("code") == "NOT_LEADER" or bool(result.get("retry"))
+
+
+def _error(code: str, message: str) -> dict:
+    return {"ok": False, "code": code, "message": message}
+
+
+def _need(body: dict, name: str, kind, optional: bool = False):
+    value = body.get(name)
+    if value is None and optional:
+        return None
+    if kind is bytes and isinstance(value, str):
+        return value.encode()
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise RequestError("INVALID_ARGUMENT", f"{name!r} must be {kind.__name__}")
+    return value
+
+
+class Scheduler:
+    """One thread running delayed callbacks (retries), earliest first."""
+
+    def __init__(self, name: str):
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        with self._cond:
+            heapq.heappush(self._heap, (time.monotonic() + delay, next(self._seq), fn))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopped and (not self._heap or self._heap[0][0] > time.monotonic()):
+                    timeout = self._heap[0][0] - time.monotonic() if self._heap else None
+                    self._cond.wait(timeout)
+                if self._stopped:
+                    return
+                _, _, fn = heapq.heappop(self._heap)
+            try:
+                fn()
+            except Exception:
+                log.exception("scheduled callback failed")
+
+
+class Gateway:
+    def __init__(self, broker, request_timeout: float, max_inflight: int, metrics=None):
+        self.broker = broker
+        self.partitions_count = broker.cfg.cluster.partitions_count
+        self.request_timeout = request_timeout
+        self.max_inflight = max_inflight
+        self.metrics = metrics
+        self.scheduler = Scheduler(f"gateway-{broker.node_id}")
+        self._rr = itertools.count()
+        self._inflight: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        self.scheduler.stop()
+
+    # --- entry point (transport reader thread) --------------------------------
+
+    def handle(self, conn, req_id: int, body: dict) -> None:
+        start = time.monotonic()
+        op = body.get("op") if isinstance(body, dict) else None
+        answered = threading.Lock()  # a request gets exactly one answer
+
+        def reply(result: dict) -> None:
+            if not answered.acquire(blocking=False):
+                return
+            if self.metrics:
+                code = "OK" if result.get("ok") else result.get("code", "UNKNOWN")
+                self.metrics.requests.labels(str(op), code).inc()
+            conn.send_response(req_id, result)
+
+        try:
+            if op == "topology":
+                reply({"ok": True, **self.broker.topology()})
+                return
+            partition_id, command = self._command(op, body)
+            timeout = body.get("timeout")
+            if timeout is not None and not isinstance(timeout, int | float):
+                raise RequestError("INVALID_ARGUMENT", "'timeout' must be a number of seconds")
+            limit = self.request_timeout if timeout is None else min(timeout, self.request_timeout)
+        except RequestError as exc:
+            reply(_error(exc.code, exc.message))
+            return
+        forwarded = bool(body.get("forwarded"))
+        deadline = start + limit
+        self.scheduler.call_later(
+            max(0.0, deadline - time.monotonic()),
+            lambda: reply(
+                _error(
+                    "DEADLINE_EXCEEDED",
+                    f"not committed within {limit:.1f}s; the write may still commit later",
+                )
+            ),
+        )
+        self._route(partition_id, command, body, deadline, forwarded, reply)
+
+    def _command(self, op, body: dict) -> tuple[int | None, bytes]:
+        p = self.partitions_count
+        if op == "append":
+            data = _need(body, "data", bytes)
+            pid = _need(body, "partition", int, optional=True)
+            if pid is not None and not 1 <= pid <= p:
+                raise RequestError("INVALID_ARGUMENT", f"partition must be 1..{p}, got {pid}")
+            return pid, sm.encode(sm.APPEND, data)
+        if op == "read":
+            pid = _need(body, "partition", int)
+            if not 1 <= pid <= p:
+                raise RequestError("INVALID_ARGUMENT", f"partition must be 1..{p}, got {pid}")
+            start = _need(body, "from", int, optional=True) or 1
+            count = _need(body, "max", int, optional=True) or 1000
+            return pid, sm.encode(sm.READ, start, max(1, min(count, MAX_READ)))
+        if op in ("put", "get", "cas", "delete"):
+            key = _need(body, "key", str)
+            pid = key_partition(key, p)
+            if op == "put":
+                return pid, sm.encode(sm.PUT, key, _need(body, "value", bytes))
+            if op == "get":
+                return pid, sm.encode(sm.GET, key)
+            if op == "delete":
+                return pid, sm.encode(sm.DELETE, key)
+            expected = _need(body, "expected", bytes, optional=True)
+            return pid, sm.encode(sm.CAS, key, expected, _need(body, "value", bytes))
+        raise RequestError("INVALID_ARGUMENT", f"unknown op {op!r}")
+
+    # --- routing ------------------------------------------------------------------
+
+    def _leader(self, partition_id: int) -> int | None:
+        local = self.broker.runners.get(partition_id)
+        if local is not None:
+            status = local.status
+            if status.get("role") == "leader":
+                return self.broker.node_id
+            if status.get("leader") is not None:
+                return status["leader"]
+        return self.broker.peers.leader_of(partition_id)
+
+    def _pick_partition(self) -> int | None:
+        n = self.partitions_count
+        offset = next(self._rr)
+        for k in range(n):
+            pid = (offset + k) % n + 1
+            if self._leader(pid) is not None:
+                return pid
+        return None
+
+    def _route(self, pid, command, body, deadline, forwarded, reply) -> None:
+        if time.monotonic() >= deadline:
+            where = f"partition {pid}" if pid else "any partition"
+            reply(_error("DEADLINE_EXCEEDED", f"no answer from the leader of {where} in time"))
+            return
+        target = pid if pid is not None else self._pick_partition()
+        leader = self._leader(target) if target is not None else None
+
+        def retry(reason: str) -> None:
+            if forwarded:  # the origin gateway retries; we only answer for ourselves
+                reply({"ok": False, "code": "NOT_LEADER", "leader": leader, "message": reason})
+                return
+            if time.monotonic() + RETRY_DELAY >= deadline:
+                reply(_error("UNAVAILABLE", reason))  # never committed: safe for the client
+                return
+            self.scheduler.call_later(
+                RETRY_DELAY, lambda: self._route(pid, command, body, deadline, False, reply)
+            )
+
+        if leader is None:
+            retry(f"no leader for {f'partition {target}' if target else 'any partition'}")
+            return
+        if leader == self.broker.node_id:
+            self._propose(target, command, body, deadline, forwarded, reply, retry)
+        elif forwarded:
+            retry(f"node {self.broker.node_id} does not lead partition {target}")
+        else:
+            self._forward(leader, target, body, deadline, reply, retry)
+
+    def _propose(self, pid, command, body, deadline, forwarded, reply, retry) -> None:
+        runner = self.broker.runners[pid]
+        with self._lock:
+            n = self._inflight.get(pid, 0)
+            if n >= self.max_inflight:
+                reply(_error("RESOURCE_EXHAUSTED", f"partition {pid}: {n} requests in flight"))
+                return
+            self._inflight[pid] = n + 1
+        if self.metrics:
+            self.metrics.inflight_requests.labels(str(pid)).inc()
+
+        def done(fut) -> None:
+            with self._lock:
+                self._inflight[pid] -= 1
+            if self.metrics:
+                self.metrics.inflight_requests.labels(str(pid)).dec()
+            result = fut.result()
+            if _retryable(result):
+                retry(result.get("message") or f"node {self.broker.node_id} does not lead {pid}")
+            else:
+                reply(result)
+
+        runner.propose(command).add_done_callback(done)
+
+    def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
+        remaining = deadline - time.monotonic()
+        fwd = {**body, "partition": pid, "forwarded": True, "timeout": remaining}
+        try:
+            fut = self.broker.link_to(leader).request_async(fwd, timeout=remaining)
+        except Exception as exc:  # the leader's gateway is unreachable
+            retry(f"cannot reach node {leader}: {exc}")
+            return
+
+        def done(f) -> None:
+            try:
+                result = f.result()
+            except Exception as exc:
+                retry(f"forwarding to node {leader} failed: {exc}")
+                return
+            if _retryable(result):
+                retry(result.get("message") or f"node {leader} does not lead partition {pid}")
+            else:
+                reply(result)
+
+        fut.add_done_callback(done)

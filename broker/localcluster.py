@@ -1,0 +1,212 @@
+"""Real broker processes on 127.0.0.1, for the demo, integration tests and benchmarks.
+
+Each broker gets its own ports and data directory under ``root`` and runs as
+``python -m broker.cli run --config <root>/broker-<id>.yaml`` in its own
+process, so it can be killed with SIGKILL and restarted on the same data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import yaml
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            ports.append(s.getsockname()[1])
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval=0.05):
+    """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        root: str,
+        size: int = 3,
+        partitions: int = 1,
+        replication_factor: int = 3,
+        regions: int = 2,
+        overrides: dict | None = None,
+        cluster_name: str = "dual-region",
+    ):
+        self.root = os.path.abspath(root)
+        self.size = size
+        self.partitions = partitions
+        self.replication_factor = replication_factor
+        self.cluster_name = cluster_name
+        os.makedirs(self.root, exist_ok=True)
+        ports = free_ports(3 * size)
+        names = ("gateway", "internal", "management")
+        self.ports = {i: dict(zip(names, ports[3 * i :], strict=False)) for i in range(size)}
+        self.procs: dict[int, subprocess.Popen] = {}
+        contact = [f"127.0.0.1:{self.ports[i]['internal']}" for i in range(size)]
+        for i in range(size):
+            cfg = {
+                "cluster": {
+                    "nodeId": i,
+                    "clusterSize": size,
+                    "partitionsCount": partitions,
+                    "replicationFactor": replication_factor,
+                    "clusterName": cluster_name,
+                    "region": f"region{i % regions}",
+                    "initialContactPoints": contact,
+                },
+                "network": {
+                    "host": "127.0.0.1",
+                    "advertisedHost": "127.0.0.1",
+                    "gateway": {"port": self.ports[i]["gateway"]},
+                    "internal": {"port": self.ports[i]["internal"]},
+                },
+                "management": {"host": "127.0.0.1", "port": self.ports[i]["management"]},
+                "data": {"directory": self.data_dir(i)},
+            }
+            _merge(cfg, overrides or {})
+            with open(self.config_path(i), "w") as f:
+                yaml.safe_dump(cfg, f, sort_keys=False)
+
+    # --- paths and addresses ------------------------------------------------------
+
+    def config_path(self, i: int) -> str:
+        return os.path.join(self.root, f"broker-{i}.yaml")
+
+    def data_dir(self, i: int) -> str:
+        return os.path.join(self.root, f"data-{i}")
+
+    def gateway(self, i: int) -> str:
+        return f"127.0.0.1:{self.ports[i]['gateway']}"
+
+    def gateways(self, nodes=None) -> str:
+        return ",".join(self.gateway(i) for i in (nodes if nodes is not None else range(self.size)))
+
+    def management(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.ports[i]['management']}"
+
+    # --- processes ----------------------------------------------------------------------
+
+    def start(self, nodes=None, wait: bool = True) -> None:
+        nodes = list(range(self.size)) if nodes is None else list(nodes)
+        for i in nodes:
+            if i in self.procs and self.procs[i].poll() is None:
+                continue
+            with open(os.path.join(self.root, f"broker-{i}.log"), "ab") as log:
+                self.procs[i] = subprocess.Popen(
+                    [sys.executable, "-m", "broker", "run", "--config", self.config_path(i)],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+        if wait:
+            for i in nodes:
+                wait_for(lambda i=i: self.health(i, "startup") == "UP", 30, f"broker {i} startup")
+
+    def kill(self, i: int) -> None:
+        """kill -9: no goodbye, no flush."""
+        proc = self.procs.pop(i, None)
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+
+    def stop(self, i: int, timeout: float = 20) -> None:
+        proc = self.procs.pop(i, None)
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+    def stop_all(self) -> None:
+        for i in list(self.procs):
+            self.stop(i)
+
+    def running(self) -> list[int]:
+        return [i for i, p in self.procs.items() if p.poll() is None]
+
+    # --- observing ------------------------------------------------------------------------
+
+    def get_json(self, i: int, path: str):
+        try:
+            with urllib.request.urlopen(self.management(i) + path, timeout=2) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"{}")
+        except (OSError, ValueError):
+            return None
+
+    def health(self, i: int, what: str = "readiness") -> str | None:
+        doc = self.get_json(i, f"/actuator/health/{what}")
+        return doc.get("status") if doc else None
+
+    def leaders(self, via: int | None = None) -> dict[int, int]:
+        """partition -> leader node id, as seen from one running broker's topology."""
+        nodes = [via] if via is not None else self.running()
+        for i in nodes:
+            topo = self.get_json(i, "/v2/topology")
+            if not topo:
+                continue
+            out = {}
+            for b in topo["brokers"]:
+                for p in b["partitions"]:
+                    if p["role"] == "leader" and b.get("alive", True):
+                        out[p["partitionId"]] = b["nodeId"]
+            return out
+        return {}
+
+    def wait_leaders(self, timeout: float = 30, exclude=()) -> dict[int, int]:
+        def ready():
+            leaders = self.leaders()
+            ok = len(leaders) == self.partitions and not set(leaders.values()) & set(exclude)
+            return leaders if ok else None
+
+        return wait_for(ready, timeout, f"a leader for all {self.partitions} partitions")
+
+    def log_tail(self, i: int, lines: int = 30) -> str:
+        try:
+            with open(os.path.join(self.root, f"broker-{i}.log"), errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop_all()
+
+
+def _merge(into: dict, extra: dict) -> None:
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into[k] = v

@@ -1,0 +1,268 @@
+"""One broker: transports, membership, the partitions it hosts, gateway and management.
+
+Start order matters for operators reading the log: listeners first (so peers
+and clients can connect as soon as we announce ourselves), then the Raft
+groups, then membership broadcasts, then the management API, whose
+readiness turns UP once every hosted partition runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from broker import __version__
+from broker.config import BrokerConfig, dual_region_warnings
+from broker.gateway import Gateway
+from broker.metrics import BrokerMetrics
+from broker.peers import Member, PeerDirectory
+from broker.raft.core import RaftConfig
+from broker.raft.messages import Configuration
+from broker.raft.runner import PartitionRunner
+from broker.topology.distribution import distribute
+from broker.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+def raft_settings(cfg: BrokerConfig) -> tuple[RaftConfig, float]:
+    """Map the time-based config onto the core's ticks: one tick per heartbeat."""
+    r = cfg.cluster.raft
+    election_ticks = max(2, round(r.election_timeout / r.heartbeat_interval))
+    core = RaftConfig(
+        election_ticks=election_ticks,
+        heartbeat_ticks=1,
+        priority_election=r.enable_priority_election,
+        snapshot_chunk_size=min(1 << 20, cfg.network.max_frame_size // 2),
+    )
+    return core, r.heartbeat_interval
+
+
+class Broker:
+    def __init__(self, cfg: BrokerConfig):
+        self.cfg = cfg
+        self.node_id = cfg.cluster.node_id
+        self.metrics = BrokerMetrics()
+        self.runners: dict[int, PartitionRunner] = {}
+        self.started = threading.Event()
+        self._links: dict[int, object] = {}
+        self._links_lock = threading.Lock()
+        self.internal: Transport | None = None
+        self.gateway_transport: Transport | None = None
+        self.management = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    def start(self) -> None:
+        cfg, c = self.cfg, self.cfg.cluster
+        for warning in dual_region_warnings(cfg):
+            log.warning("%s", warning)
+        os.makedirs(cfg.data.directory, exist_ok=True)
+        host = cfg.network.host
+        self.internal = Transport(
+            self.node_id,
+            c.cluster_name,
+            host,
+            cfg.network.internal.port,
+            on_raft=self._on_raft,
+            on_gossip=lambda src, payload: self.peers.on_gossip(src, payload),
+            max_frame_size=cfg.network.max_frame_size,
+        )
+        self.gateway = Gateway(
+            self,
+            cfg.network.gateway.request_timeout,
+            cfg.network.gateway.max_inflight,
+            self.metrics,
+        )
+        self.gateway_transport = Transport(
+            self.node_id,
+            c.cluster_name,
+            host,
+            cfg.network.gateway.port,
+            on_raft=self._refuse_raft,
+            on_request=self.gateway.handle,
+            max_frame_size=cfg.network.max_frame_size,
+        )
+        self.internal.start()
+        self.gateway_transport.start()
+
+        from broker.management import ManagementServer
+
+        self.management = ManagementServer(
+            self, cfg.management.host, cfg.management.port, cfg.management.token
+        )
+        self.management.start()
+        advertised = cfg.network.effective_advertised_host
+        self.peers = PeerDirectory(
+            Member(
+                self.node_id,
+                region=c.region,
+                host=advertised,
+                internal_port=self.internal.port,
+                gateway_port=self.gateway_transport.port,
+                management_port=self.management.port,
+            ),
+            list(c.initial_contact_points),
+            self.internal,
+            c.cluster_name,
+            self._local_partitions,
+            interval=c.membership.gossip_interval,
+            failure_timeout=c.membership.failure_timeout,
+        )
+        core, tick = raft_settings(cfg)
+        for a in distribute(range(c.cluster_size), c.partitions_count, c.replication_factor):
+            if self.node_id not in a.members:
+                continue
+            self.runners[a.partition_id] = PartitionRunner(
+                a.partition_id,
+                self.node_id,
+                os.path.join(cfg.data.directory, "partitions", str(a.partition_id)),
+                Configuration.of(a.members, dict(a.priorities)),
+                core,
+                tick,
+                self.internal.send_raft,
+                metrics=self.metrics,
+                flush=cfg.cluster.raft.flush.enabled,
+                segment_size=cfg.data.log_segment_size,
+                snapshot_entries=cfg.data.snapshot_entries,
+                snapshot_period=cfg.data.snapshot_period,
+            )
+        for runner in self.runners.values():
+            runner.start()
+        self.peers.start()
+        self.started.set()
+        log.info(
+            "broker %d (%s) started: gateway %s:%d, internal %s:%d, management %d, partitions %s",
+            self.node_id,
+            c.region,
+            host,
+            self.gateway_transport.port,
+            host,
+            self.internal.port,
+            self.management.port,
+            sorted(self.runners),
+        )
+
+    def stop(self) -> None:
+        log.info("broker %d stopping", self.node_id)
+        if self.management is not None:
+            self.management.stop()
+        if self.gateway_transport is not None:
+            self.gateway_transport.stop()
+        if self.started.is_set():
+            self.peers.stop()
+            self.gateway.stop()
+        for runner in self.runners.values():
+            runner.stop()
+        with self._links_lock:
+            for link in self._links.values():
+                link.close()
+        if self.internal is not None:
+            self.internal.stop()
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _on_raft(self, src: int, items) -> None:
+        for pid, msg in items:
+            runner = self.runners.get(pid)
+            if runner is not None:
+                runner.deliver(msg)
+
+    def _refuse_raft(self, src: int, items) -> None:
+        log.warning("node %d sent Raft traffic to the gateway port; ignored", src)
+
+    def link_to(self, node_id: int):
+        """A pipelined client connection to another broker's gateway (for forwarding)."""
+        from broker.client import BrokerClient
+
+        with self._links_lock:
+            link = self._links.get(node_id)
+            if link is None:
+                m = self.peers.members.get(node_id)
+                if m is None or not m.gateway_port:
+                    raise ConnectionError(f"address of node {node_id} unknown")
+                link = BrokerClient(
+                    f"{m.host}:{m.gateway_port}",
+                    cluster_name=self.cfg.cluster.cluster_name,
+                    timeout=self.cfg.network.gateway.request_timeout,
+                )
+                self._links[node_id] = link
+            return link
+
+    def _local_partitions(self) -> dict[int, dict]:
+        out = {}
+        for pid, runner in self.runners.items():
+            s = runner.status
+            out[pid] = {
+                "role": s.get("role", "inactive"),
+                "term": s.get("term", 0),
+                "leader": s.get("leader"),
+                "health": s.get("health", "unhealthy"),
+            }
+        return out
+
+    # --- the management source ------------------------------------------------------
+
+    def health(self) -> dict:
+        started = self.started.is_set()
+        dead = [pid for pid, r in self.runners.items() if r.status.get("health") == "dead"]
+        return {
+            "startup": started,
+            "ready": started and not dead,
+            "live": not dead,
+            "details": {"partitions": sorted(self.runners), "dead": dead},
+        }
+
+    def topology(self) -> dict:
+        c = self.cfg.cluster
+        brokers = []
+        members = dict(self.peers.members) if self.started.is_set() else {}
+        members[self.node_id] = members.get(self.node_id) or Member(self.node_id)
+        for node_id in sorted(members):
+            m = members[node_id]
+            alive = self.peers.alive(node_id) if self.started.is_set() else node_id == self.node_id
+            parts = self._local_partitions() if node_id == self.node_id else m.partitions
+            brokers.append(
+                {
+                    "nodeId": node_id,
+                    "host": m.host,
+                    "port": m.gateway_port,
+                    "region": m.region,
+                    "alive": alive,
+                    "partitions": [
+                        {
+                            "partitionId": pid,
+                            "role": info.get("role", "inactive") if alive else "inactive",
+                            "health": info.get("health", "unhealthy") if alive else "dead",
+                            "term": info.get("term", 0),
+                        }
+                        for pid, info in sorted(parts.items())
+                    ],
+                }
+            )
+        return {
+            "brokers": brokers,
+            "clusterSize": c.cluster_size,
+            "partitionsCount": c.partitions_count,
+            "replicationFactor": c.replication_factor,
+            "gatewayVersion": __version__,
+        }
+
+    def partitions(self) -> dict:
+        out = {}
+        for pid, r in sorted(self.runners.items()):
+            s = r.status
+            out[str(pid)] = {
+                "role": s.get("role", "inactive").upper(),
+                "term": s.get("term"),
+                "leader": s.get("leader"),
+                "processedPosition": s.get("lastPosition"),
+                "processedIndex": s.get("appliedIndex"),
+                "commitIndex": s.get("commit"),
+                "exportedPosition": None,
+                "snapshotId": f"{s.get('snapshotIndex')}" if s.get("snapshotIndex") else None,
+                "voters": s.get("voters"),
+                "health": s.get("health"),
+            }
+        return out

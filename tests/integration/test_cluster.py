@@ -1,0 +1,191 @@
+"""Real broker processes on loopback: elections, crashes, restarts, catch-up, quorum loss.
+
+Every test that kills processes reads back everything it was told was
+committed: an acknowledged write that cannot be read is a failure.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from broker.client import BrokerClient, Unavailable
+from broker.localcluster import LocalCluster, wait_for
+
+FAST = {"cluster": {"raft": {"electionTimeout": "500ms", "heartbeatInterval": "50ms"}}}
+
+
+def write(client: BrokerClient, n: int, prefix: str, partition: int | None = None) -> dict:
+    """Append n records; returns {record: (partition, position)} for the acknowledged ones."""
+    futures = {f"{prefix}-{i}": client.append_async(f"{prefix}-{i}", partition) for i in range(n)}
+    acked = {}
+    for rec, fut in futures.items():
+        try:
+            p = fut.result()
+        except Unavailable:
+            continue
+        acked[rec] = (p.partition, p.position)
+    return acked
+
+
+def read_all(client: BrokerClient, partition: int) -> list[tuple[int, bytes]]:
+    out, pos = [], 1
+    while True:
+        r = client.read(partition, pos, 1000)
+        if not r.records:
+            return out
+        out.extend(r.records)
+        pos = r.next
+
+
+def assert_all_readable(client: BrokerClient, acked: dict) -> None:
+    by_partition: dict[int, dict[int, bytes]] = {}
+    for p in {p for p, _ in acked.values()}:
+        by_partition[p] = dict(read_all(client, p))
+    missing = [rec for rec, (p, pos) in acked.items() if by_partition[p].get(pos) != rec.encode()]
+    assert not missing, f"{len(missing)} acknowledged records lost, e.g. {missing[:5]}"
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    clusters = []
+
+    def make(**kw) -> LocalCluster:
+        kw.setdefault("overrides", FAST)
+        c = LocalCluster(str(tmp_path / f"c{len(clusters)}"), **kw)
+        clusters.append(c)
+        return c
+
+    yield make
+    for c in clusters:
+        c.stop_all()
+
+
+def test_election_and_reelection_after_kill_9_loses_no_acknowledged_write(cluster):
+    c = cluster(size=3, partitions=1, replication_factor=3)
+    c.start()
+    leader = c.wait_leaders()[1]
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        acked = write(client, 200, "before")
+        assert len(acked) == 200
+        c.kill(leader)
+        new = c.wait_leaders(exclude=[leader])[1]
+        assert new != leader
+        acked.update(write(client, 200, "after"))
+        assert len(acked) == 400
+        c.start([leader])
+        assert_all_readable(client, acked)
+    positions = sorted(pos for _, pos in acked.values())
+    assert positions == list(range(1, 401))  # no gaps, no duplicates
+
+
+def test_restart_of_all_brokers_keeps_the_data(cluster):
+    c = cluster(size=3, partitions=2, replication_factor=3)
+    c.start()
+    c.wait_leaders()
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        acked = write(client, 100, "r")
+        client.put("config", "v1")
+    for i in range(3):
+        c.kill(i)
+    c.start()
+    c.wait_leaders()
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        assert_all_readable(client, acked)
+        assert client.get("config") == b"v1"
+        assert client.append("more").position > 0
+
+
+def test_lagging_followers_catch_up_by_append_and_by_snapshot(cluster):
+    c = cluster(
+        size=3,
+        partitions=1,
+        replication_factor=3,
+        overrides={**FAST, "data": {"snapshotEntries": 50}},
+    )
+    c.start()
+    leader = c.wait_leaders()[1]
+    follower = next(i for i in range(3) if i != leader)
+    with BrokerClient(c.gateways([leader]), timeout=10) as client:
+        c.kill(follower)
+        acked = write(client, 400, "lag")  # many snapshots: the follower needs one
+        c.start([follower])
+
+        def caught_up():
+            parts = c.get_json(follower, "/actuator/partitions") or {}
+            return parts.get("1", {}).get("processedPosition") == 400
+
+        wait_for(caught_up, 30, f"broker {follower} to catch up")
+        status = c.get_json(follower, "/actuator/partitions")["1"]
+        assert status["snapshotId"] is not None  # it was sent a snapshot
+        other = next(i for i in range(3) if i not in (leader, follower))
+        c.kill(leader)
+        c.kill(other)
+        c.start([other])  # the caught-up follower and `other` form a quorum
+        c.wait_leaders(exclude=[leader])
+    with BrokerClient(c.gateways([follower, other]), timeout=10) as client:
+        assert_all_readable(client, acked)
+
+
+def test_rf4_cluster_without_quorum_refuses_writes_then_recovers(cluster):
+    c = cluster(size=4, partitions=4, replication_factor=4)
+    c.start()
+    c.wait_leaders()
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        acked = write(client, 40, "q")
+        assert len(acked) == 40
+    c.kill(1)
+    c.kill(3)  # region1 is gone: 2 of 4 replicas, no quorum anywhere
+    # leaders in region0 step down once they miss their quorum for an election timeout
+    wait_for(lambda: not c.leaders(via=0), 10, "every leader to step down")
+    with BrokerClient(c.gateways([0, 2]), timeout=3) as client, pytest.raises(Unavailable):
+        client.append("nope", partition=1)
+    c.start([1])
+    c.wait_leaders(exclude=[3])
+    with BrokerClient(c.gateways([0, 1, 2]), timeout=10) as client:
+        assert client.append("yes", partition=1).position > 0
+        assert_all_readable(client, acked)
+
+
+def test_bad_frames_close_only_that_connection(cluster):
+    c = cluster(size=1, partitions=1, replication_factor=1)
+    c.start()
+    c.wait_leaders()
+    port = c.ports[0]["gateway"]
+    internal = c.ports[0]["internal"]
+    payloads = [
+        b"GET / HTTP/1.1\r\n\r\n",  # garbage
+        b"BK\x01\x05" + struct.pack(">I", 1 << 30),  # oversized length
+        b"BK\x01\x01" + struct.pack(">I", 100) + b"short",  # truncated, then closed
+    ]
+    with BrokerClient(c.gateway(0), timeout=10) as client:
+        assert client.append("first").position == 1
+        for target in (port, internal):
+            for payload in payloads:
+                with socket.create_connection(("127.0.0.1", target), timeout=5) as s:
+                    s.sendall(payload)
+                    s.shutdown(socket.SHUT_WR)
+                    s.settimeout(5)
+                    while s.recv(4096):  # the broker closes it (possibly after a reject)
+                        pass
+        assert client.append("second").position == 2  # the good connection still works
+    assert c.procs[0].poll() is None
+    assert "closing" in c.log_tail(0, 200).lower() or "protocol" in c.log_tail(0, 200).lower()
+
+
+def test_bad_config_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cluster:\n  nodeId: 9\n  clusterSize: 8\n")
+    r = subprocess.run(
+        [sys.executable, "-m", "broker", "run", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cluster.nodeId" in lines[0] and "9" in lines[0]

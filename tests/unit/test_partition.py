@@ -1,0 +1,92 @@
+import msgpack
+import pytest
+
+from broker import partition as sm
+from broker.partition import PartitionState
+
+
+def apply_all(state: PartitionState, *commands) -> list[dict]:
+    start = state.applied_index
+    return [state.apply(start + k + 1, c) for k, c in enumerate(commands)]
+
+
+def test_append_assigns_consecutive_positions():
+    s = PartitionState(3)
+    results = apply_all(s, *(sm.encode(sm.APPEND, b"r%d" % i) for i in range(3)))
+    assert [r["position"] for r in results] == [1, 2, 3]
+    assert all(r == {"ok": True, "partition": 3, "position": r["position"]} for r in results)
+    assert s.applied_index == 3
+
+
+def test_read_returns_records_from_a_position_and_the_next_one():
+    s = PartitionState(1)
+    apply_all(s, *(sm.encode(sm.APPEND, b"r%d" % i) for i in range(1, 6)))
+    r = s.apply(10, sm.encode(sm.READ, 2, 3))
+    assert r["records"] == [[2, b"r2"], [3, b"r3"], [4, b"r4"]]
+    assert r["next"] == 5
+    tail = s.apply(11, sm.encode(sm.READ, 6, 10))
+    assert tail["records"] == [] and tail["next"] == 6
+
+
+def test_read_is_capped_in_bytes():
+    s = PartitionState(1)
+    big = b"x" * (512 * 1024)
+    apply_all(s, *(sm.encode(sm.APPEND, big) for _ in range(10)))
+    r = s.apply(20, sm.encode(sm.READ, 1, 100))
+    assert 1 <= len(r["records"]) < 10
+    assert r["next"] == len(r["records"]) + 1
+
+
+def test_kv_put_get_delete():
+    s = PartitionState(2)
+    put, got, missing, deleted, again = apply_all(
+        s,
+        sm.encode(sm.PUT, "k", b"v"),
+        sm.encode(sm.GET, "k"),
+        sm.encode(sm.GET, "nope"),
+        sm.encode(sm.DELETE, "k"),
+        sm.encode(sm.DELETE, "k"),
+    )
+    assert put["ok"] and got["value"] == b"v"
+    assert missing["code"] == "NOT_FOUND"
+    assert deleted["existed"] is True and again["existed"] is False
+
+
+def test_cas_checks_the_current_value_and_absence():
+    s = PartitionState(1)
+    created, dup, wrong, swapped = apply_all(
+        s,
+        sm.encode(sm.CAS, "k", None, b"1"),
+        sm.encode(sm.CAS, "k", None, b"2"),
+        sm.encode(sm.CAS, "k", b"9", b"2"),
+        sm.encode(sm.CAS, "k", b"1", b"2"),
+    )
+    assert created["ok"] and swapped["ok"]
+    assert dup["code"] == wrong["code"] == "FAILED_PRECONDITION"
+    assert dup["current"] == b"1"
+    assert s.kv["k"] == b"2"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [b"\xc1", msgpack.packb(["nope"]), msgpack.packb(["put", "k"]), msgpack.packb(5)],
+)
+def test_a_corrupt_command_is_answered_not_raised(command):
+    s = PartitionState(1)
+    r = s.apply(1, command)
+    assert r["ok"] is False and r["code"] == "INVALID_ARGUMENT"
+    assert s.applied_index == 1  # every replica moves on the same way
+
+
+def test_snapshot_restore_round_trip():
+    s = PartitionState(4)
+    apply_all(s, sm.encode(sm.APPEND, b"a"), sm.encode(sm.PUT, "k", b"v"))
+    t = PartitionState(4)
+    t.restore(s.snapshot())
+    assert (t.records, t.kv, t.applied_index) == ([b"a"], {"k": b"v"}, 2)
+    assert t.apply(3, sm.encode(sm.APPEND, b"b"))["position"] == 2
+
+
+def test_restore_refuses_an_unknown_snapshot_version():
+    with pytest.raises(ValueError, match="version"):
+        PartitionState(1).restore(msgpack.packb({"v": 99}))
