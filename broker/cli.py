@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from broker import __version__
+from broker import __version__, ctl
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -17,6 +17,15 @@ def _config_check(args: argparse.Namespace) -> int:
 
     argv = ["--config", args.config] if args.config else []
     return main_check(argv)
+
+
+def _daemon(action: str):
+    def call(args: argparse.Namespace) -> int:
+        from broker import daemon
+
+        return getattr(daemon, action)(args.config)
+
+    return call
 
 
 def broker_main(argv: list[str] | None = None) -> int:
@@ -33,6 +42,15 @@ def broker_main(argv: list[str] | None = None) -> int:
     )
     check.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
     check.set_defaults(func=_config_check)
+    for name, help_text in (
+        ("run", "run the broker in the foreground until SIGTERM (what systemd starts)"),
+        ("start", "start the broker as a daemon (pid and log file in the data directory)"),
+        ("stop", "stop the daemon started with `broker start` and wait for it to exit"),
+        ("status", "is the daemon running? (exit 0 yes, 3 no)"),
+    ):
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
+        cmd.set_defaults(func=_daemon(name))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -62,7 +80,9 @@ def brokerctl_main(argv: list[str] | None = None) -> int:
         prog="brokerctl", description="Operate a dual-region broker cluster."
     )
     parser.add_argument("--version", action="version", version=f"brokerctl {__version__}")
+    ctl.add_global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ctl.register(sub)
     placement = sub.add_parser(
         "placement",
         help="quorum-placement report: does every partition's quorum span both regions?",

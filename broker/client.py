@@ -1,0 +1,536 @@
+"""Client for the broker's gateway API (see docs/protocol.md and DESIGN.md section 4).
+
+One ``BrokerClient`` keeps one connection to one gateway and pipelines:
+every request gets an id, any number may be in flight, and a reader thread
+resolves each response's ``Future`` by id, in whatever order they come back.
+Synchronous methods are ``*_async(...).result()``.
+
+Failures are explicit ``BrokerError`` subclasses named after the gateway's
+codes. A lost connection fails every request in flight with ``Unavailable``
+(the client cannot know whether a write was committed, so it never resends
+one); the next request reconnects, trying the given addresses in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, InvalidStateError
+from typing import Any, NamedTuple
+
+from broker.transport import RECV_SIZE, HandshakeRejected, recv_frame
+from broker.wire import (
+    HEADER_SIZE,
+    MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
+    ROLE_CLIENT,
+    FrameDecoder,
+    Hello,
+    HelloOk,
+    HelloReject,
+    ProtocolError,
+    Request,
+    Response,
+    encode_frame,
+)
+
+DEFAULT_ADDRESS = "127.0.0.1:26500"
+DEFAULT_PORT = 26500
+DEFAULT_CLUSTER = "dual-region"
+# The gateway answers DEADLINE_EXCEEDED itself at ``timeout``; the client
+# waits a little longer so that answer, not a guess, is what callers see.
+DEADLINE_MARGIN = 0.5
+
+
+# --- errors -------------------------------------------------------------------
+
+
+class BrokerError(Exception):
+    """A request failed; ``code`` is the gateway's error code."""
+
+    code = "UNKNOWN"
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class Unavailable(BrokerError):
+    """No leader or no quorum, or the broker cannot be reached."""
+
+    code = "UNAVAILABLE"
+
+
+class ResourceExhausted(BrokerError):
+    """Backpressure or low disk: retry later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(BrokerError):
+    """No answer in time; a write may or may not have been committed."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+class InvalidArgument(BrokerError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(BrokerError):
+    code = "NOT_FOUND"
+
+
+class FailedPrecondition(BrokerError):
+    """A compare-and-set did not match; ``current`` is the value found (None: absent)."""
+
+    code = "FAILED_PRECONDITION"
+
+    def __init__(self, message: str, current: bytes | None = None):
+        super().__init__(message)
+        self.current = current
+
+
+_ERRORS: dict[str, type[BrokerError]] = {
+    cls.code: cls
+    for cls in (
+        Unavailable,
+        ResourceExhausted,
+        DeadlineExceeded,
+        InvalidArgument,
+        NotFound,
+        FailedPrecondition,
+    )
+}
+
+
+def error_from_response(body: dict) -> BrokerError:
+    """The exception for a ``{"ok": false, ...}`` response body."""
+    code = str(body.get("code", "UNKNOWN"))
+    message = str(body.get("message", ""))
+    if code == FailedPrecondition.code:
+        return FailedPrecondition(message, body.get("current"))
+    cls = _ERRORS.get(code)
+    return cls(message) if cls else BrokerError(message, code)
+
+
+# --- results ------------------------------------------------------------------
+
+
+class Appended(NamedTuple):
+    partition: int
+    position: int
+
+
+class Records(NamedTuple):
+    partition: int
+    records: list[tuple[int, bytes]]
+    next: int  # the position to read from next
+
+
+def _as_bytes(value: str | bytes | bytearray | memoryview, what: str) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    raise TypeError(f"{what} must be str or bytes, not {type(value).__name__}")
+
+
+def _check_key(key: str) -> str:
+    if not isinstance(key, str):
+        raise TypeError(f"key must be str, not {type(key).__name__}")
+    return key
+
+
+def parse_addresses(addresses: str | Iterable[str]) -> list[tuple[str, int]]:
+    """``"h1:26500,h2"`` (or a list of such) as ``[(host, port), ...]``; port defaults to 26500."""
+    items = addresses.split(",") if isinstance(addresses, str) else list(addresses)
+    parsed = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        if not sep or "]" in port:  # no port, or a bare [ipv6] literal
+            host, port = item, str(DEFAULT_PORT)
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bad broker address {item!r} (expected HOST:PORT)")
+        parsed.append((host, int(port)))
+    if not parsed:
+        raise ValueError("no broker address given")
+    return parsed
+
+
+def _fmt(address: tuple[str, int]) -> str:
+    return f"{address[0]}:{address[1]}"
+
+
+def _settle(fut: Future, result: Any = None, error: BaseException | None = None) -> None:
+    # The deadline, a response and a lost connection race to settle a future;
+    # the first one wins.
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(result)
+
+
+# --- connection ---------------------------------------------------------------
+
+
+class _Connection:
+    """One handshaken gateway connection and the requests in flight on it."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        cluster_name: str,
+        connect_timeout: float,
+        io_timeout: float,
+        on_lost: Callable[[_Connection], None],
+    ):
+        self.address = address
+        self._on_lost = on_lost
+        self._decoder = FrameDecoder(MAX_FRAME_SIZE)
+        sock = socket.create_connection(address, timeout=connect_timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
+            reply = recv_frame(sock, self._decoder)
+            if type(reply) is HelloReject:
+                raise HandshakeRejected(reply.reason)
+            if type(reply) is not HelloOk:
+                raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
+        except BaseException:
+            sock.close()
+            raise
+        # Bounds a write to a gateway that stopped reading; the reader treats
+        # the same timeout as idleness.
+        sock.settimeout(io_timeout)
+        self._sock = sock
+        self._lock = threading.Lock()  # pending, ids, closed
+        self._send_lock = threading.Lock()  # one frame at a time on the socket
+        self._pending: dict[int, tuple[Future, Callable[[dict], Any]]] = {}
+        self._ids = itertools.count(1)
+        self.closed = False
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"broker-client-{_fmt(address)}", daemon=True
+        )
+        self._reader.start()
+
+    def submit(self, body: dict, fut: Future, convert: Callable[[dict], Any]) -> int | None:
+        """Send ``body``; its response settles ``fut``. None if the connection
+        was already closed (nothing was sent)."""
+        with self._lock:
+            if self.closed:
+                return None
+            req_id = next(self._ids)
+            self._pending[req_id] = (fut, convert)
+        try:
+            frame = encode_frame(Request(req_id, body))
+        except (TypeError, ValueError) as e:
+            self.forget(req_id)
+            _settle(fut, error=InvalidArgument(f"cannot encode request: {e}"))
+            return req_id
+        if len(frame) - HEADER_SIZE > MAX_FRAME_SIZE:
+            self.forget(req_id)
+            size = len(frame) - HEADER_SIZE
+            error = InvalidArgument(f"request of {size} bytes exceeds the {MAX_FRAME_SIZE} limit")
+            _settle(fut, error=error)
+            return req_id
+        try:
+            with self._send_lock:
+                self._sock.sendall(frame)
+        except OSError as e:
+            # A partial write leaves the stream unusable.
+            self.close(Unavailable(f"connection to {_fmt(self.address)} lost: {e}"))
+        return req_id
+
+    def forget(self, req_id: int) -> None:
+        with self._lock:
+            self._pending.pop(req_id, None)
+
+    def _read_loop(self) -> None:
+        try:
+            data = b""
+            while True:
+                for frame in self._decoder.feed(data):
+                    if type(frame) is not Response:
+                        raise ProtocolError(f"expected RESPONSE, got {frame.TYPE.name}")
+                    self._resolve(frame.req_id, frame.body)
+                try:
+                    data = self._sock.recv(RECV_SIZE)
+                except TimeoutError:
+                    data = b""
+                    continue
+                if not data:
+                    self._decoder.finish()
+                    raise ConnectionError("connection closed by the broker")
+        except (OSError, ProtocolError) as e:
+            self.close(Unavailable(f"connection to {_fmt(self.address)} lost: {e}"))
+
+    def _resolve(self, req_id: int, body: dict) -> None:
+        with self._lock:
+            entry = self._pending.pop(req_id, None)
+        if entry is None:
+            return  # its deadline passed; the late answer is dropped
+        fut, convert = entry
+        if convert is None:  # request_async: the caller reads the body itself
+            _settle(fut, body)
+            return
+        if body.get("ok") is not True:
+            _settle(fut, error=error_from_response(body))
+            return
+        try:
+            result = convert(body)
+        except (KeyError, TypeError, ValueError) as e:
+            _settle(fut, error=BrokerError(f"malformed response: {e!r}"))
+            return
+        _settle(fut, result)
+
+    def close(self, error: BrokerError) -> None:
+        """Idempotent: fail everything in flight with ``error`` and wake the reader."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            pending = list(self._pending.values())
+            self._pending.clear()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        for fut, _ in pending:
+            _settle(fut, error=type(error)(error.message))
+        self._on_lost(self)
+        if threading.current_thread() is not self._reader:
+            self._reader.join()
+        with self._send_lock:
+            self._sock.close()
+
+
+class _Deadlines:
+    """One thread failing the futures whose deadline passed, earliest first."""
+
+    def __init__(self):
+        self._heap: list = []
+        self._seq = itertools.count()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(
+            target=self._run, name="broker-client-deadlines", daemon=True
+        )
+        self._thread.start()
+
+    def add(self, timeout: float, fut: Future, conn: _Connection, req_id: int) -> None:
+        deadline = time.monotonic() + timeout + DEADLINE_MARGIN
+        with self._cond:
+            heapq.heappush(self._heap, (deadline, next(self._seq), fut, conn, req_id, timeout))
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        if threading.current_thread() is not self._thread:  # close() from a done-callback
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            expired = []
+            with self._cond:
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                while self._heap and (self._heap[0][0] <= now or self._heap[0][2].done()):
+                    expired.append(heapq.heappop(self._heap))
+                if not expired:
+                    self._cond.wait(self._heap[0][0] - now if self._heap else None)
+            # Settled outside the lock: done-callbacks may submit new requests.
+            for _, _, fut, conn, req_id, timeout in expired:
+                if not fut.done():
+                    conn.forget(req_id)
+                    msg = f"no answer from {_fmt(conn.address)} within {timeout:g}s"
+                    _settle(fut, error=DeadlineExceeded(msg))
+
+
+# --- client -------------------------------------------------------------------
+
+
+class BrokerClient:
+    """A thread-safe, pipelining client of the gateway API.
+
+    ``address`` is ``"host:port"``, several of them comma-separated, or a
+    list: on a connection failure the client moves on to the next one.
+    ``timeout`` (seconds) is sent with every request as its deadline; the
+    client gives up shortly after it with ``DeadlineExceeded``. Values may be
+    ``str`` (sent as UTF-8) or ``bytes``; values returned are ``bytes``.
+    """
+
+    def __init__(
+        self,
+        address: str | Iterable[str] = DEFAULT_ADDRESS,
+        cluster_name: str = DEFAULT_CLUSTER,
+        timeout: float = 15.0,
+        *,
+        connect_timeout: float = 5.0,
+    ):
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        self.addresses = parse_addresses(address)
+        self.cluster_name = cluster_name
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self._lock = threading.Lock()  # connecting, _conn, _next, _closed
+        self._conn: _Connection | None = None
+        self._next = 0  # index of the address to try first
+        self._closed = False
+        self._deadlines: _Deadlines | None = None
+
+    # --- requests -------------------------------------------------------------
+
+    def append_async(self, data: str | bytes, partition: int | None = None) -> Future:
+        """Append a record; the future's result is ``Appended(partition, position)``
+        once the record is committed."""
+        body = {"op": "append", "data": _as_bytes(data, "data"), "partition": partition}
+        return self._submit(body, lambda r: Appended(r["partition"], r["position"]))
+
+    def append(self, data: str | bytes, partition: int | None = None) -> Appended:
+        return self.append_async(data, partition).result()
+
+    def read(self, partition: int, from_position: int = 1, max_records: int = 1000) -> Records:
+        """Committed records from ``from_position`` on (positions start at 1)."""
+        body = {"op": "read", "partition": partition, "from": from_position, "max": max_records}
+        return self._call(body, _records)
+
+    def put(self, key: str, value: str | bytes) -> int:
+        """Set ``key``; returns the partition that holds it."""
+        body = {"op": "put", "key": _check_key(key), "value": _as_bytes(value, "value")}
+        return self._call(body, lambda r: r["partition"])
+
+    def get(self, key: str) -> bytes | None:
+        """The value of ``key``, or None when it is absent."""
+        try:
+            return self._call({"op": "get", "key": _check_key(key)}, lambda r: r["value"])
+        except NotFound:
+            return None
+
+    def cas(self, key: str, expected: str | bytes | None, value: str | bytes) -> None:
+        """Set ``key`` to ``value`` if it currently holds ``expected`` (None:
+        if it is absent); else raise ``FailedPrecondition`` carrying ``current``."""
+        body = {
+            "op": "cas",
+            "key": _check_key(key),
+            "expected": None if expected is None else _as_bytes(expected, "expected"),
+            "value": _as_bytes(value, "value"),
+        }
+        self._call(body, lambda r: None)
+
+    def delete(self, key: str) -> bool:
+        """Remove ``key``; returns whether it existed."""
+        return self._call({"op": "delete", "key": _check_key(key)}, lambda r: r["existed"])
+
+    def request_async(self, body: dict, timeout: float | None = None) -> Future:
+        """Send a raw gateway request; the future's result is the response body
+        as it came, failures included (used by gateways forwarding requests).
+        Connection loss and the deadline still raise ``Unavailable`` and
+        ``DeadlineExceeded``."""
+        return self._submit(dict(body), None, timeout)
+
+    def topology(self) -> dict:
+        """The cluster topology as the gateway sees it (the ``/v2/topology`` document)."""
+        return self._call({"op": "topology"}, lambda r: {k: v for k, v in r.items() if k != "ok"})
+
+    # --- lifecycle ------------------------------------------------------------
+
+    def close(self) -> None:
+        """Fail whatever is in flight with ``Unavailable`` and stop the threads."""
+        with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            deadlines, self._deadlines = self._deadlines, None
+        if conn is not None:
+            conn.close(Unavailable("client closed"))
+        if deadlines is not None:
+            deadlines.stop()
+
+    def __enter__(self) -> BrokerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- internals ------------------------------------------------------------
+
+    def _call(self, body: dict, convert: Callable[[dict], Any]) -> Any:
+        return self._submit(body, convert).result()
+
+    def _submit(
+        self, body: dict, convert: Callable[[dict], Any] | None, timeout: float | None = None
+    ) -> Future:
+        timeout = self.timeout if timeout is None else timeout
+        body["timeout"] = timeout
+        fut: Future = Future()
+        # A connection found closed before anything was sent on it is replaced
+        # once; a second loss in a row is reported.
+        for _ in range(2):
+            try:
+                conn, deadlines = self._connection()
+            except Unavailable as e:
+                _settle(fut, error=e)
+                return fut
+            req_id = conn.submit(body, fut, convert)
+            if req_id is not None:
+                if not fut.done():
+                    deadlines.add(timeout, fut, conn, req_id)
+                return fut
+        _settle(fut, error=Unavailable(f"connection to {_fmt(conn.address)} lost"))
+        return fut
+
+    def _connection(self) -> tuple[_Connection, _Deadlines]:
+        with self._lock:
+            if self._closed:
+                raise Unavailable("client closed")
+            if self._deadlines is None:
+                self._deadlines = _Deadlines()
+            if self._conn is not None and not self._conn.closed:
+                return self._conn, self._deadlines
+            failures = []
+            for i in range(len(self.addresses)):
+                index = (self._next + i) % len(self.addresses)
+                address = self.addresses[index]
+                try:
+                    conn = _Connection(
+                        address,
+                        self.cluster_name,
+                        min(self.connect_timeout, self.timeout),
+                        self.timeout,
+                        self._lost,
+                    )
+                except (OSError, ProtocolError) as e:
+                    failures.append(f"{_fmt(address)}: {e}")
+                    continue
+                self._conn, self._next = conn, index
+                return conn, self._deadlines
+        raise Unavailable("cannot connect to " + "; ".join(failures))
+
+    def _lost(self, conn: _Connection) -> None:
+        with self._lock:
+            if self._conn is conn:
+                self._conn = None
+                # The next connection starts with the next address, so a
+                # broker that is gone costs one failed attempt, not one per call.
+                self._next = (self.addresses.index(conn.address) + 1) % len(self.addresses)
+
+
+def _records(body: dict) -> Records:
+    records = [(int(pos), bytes(data)) for pos, data in body["records"]]
+    return Records(body["partition"], records, body["next"])
