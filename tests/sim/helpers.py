@@ -7,7 +7,7 @@ recorder, so each test reads as the scenario it plays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from broker.raft.core import NotLeader, ProposalRejected, Role
 from broker.raft.messages import AppendResponse
@@ -146,6 +146,24 @@ def record_sends(c: SimCluster) -> list:
 
     c._send = send
     return sent
+
+
+def rewrite_messages(c: SimCluster, fn: Callable[[object], object]) -> Callable[[], None]:
+    """Send ``fn(m)`` instead of every message ``m`` (None: lose it); returns
+    the undo."""
+    original = c._send
+
+    def send(m) -> None:
+        m = fn(m)
+        if m is not None:
+            original(m)
+
+    c._send = send
+
+    def undo() -> None:
+        c._send = original
+
+    return undo
 
 
 def backoff_rounds(sent: list, since: int = 0) -> int:

@@ -33,11 +33,12 @@ def elect_after_crash(c: SimCluster, victim: int) -> tuple[int, int]:
 
 
 def assert_timeouts(elapsed: int, c: SimCluster, k: int) -> None:
-    """``elapsed`` is about ``k`` election timeouts (each is 10-11 ticks with
-    priority election on; the last heartbeat may be a tick old; plus a vote
-    round trip)."""
+    """``elapsed`` is about ``k`` election timeouts: each is 10-11 ticks with
+    priority election on, the last heartbeat may be a tick old, and the votes
+    take a round trip. (Without priorities a failover takes 1.2-1.8 timeouts.)"""
     t = timeout_units(c)
-    assert k * t - TICK <= elapsed <= k * t + t // 2, f"{elapsed} units is not ~{k} timeouts"
+    low, high = k * t - TICK, k * (t + TICK) + t // 2
+    assert low <= elapsed <= high, f"{elapsed} units is not ~{k} timeouts"
 
 
 # --- priority election ------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_without_priority_election_any_node_wins_quickly(seed):
     c.run(3 * TICK)
     leader, elapsed = elect_after_crash(c, first)
     assert leader != first
-    assert elapsed <= 4 * timeout_units(c)
+    assert elapsed <= 6 * timeout_units(c)
     one(c, b"y", 2)
     c.restart(first)
     settle(c)
@@ -112,6 +113,7 @@ def test_without_priority_election_the_primary_is_not_favoured():
     for seed in range(1, 7):
         c = SimCluster(3, seed=seed, priorities=PRIORITIES, cfg=RaftConfig(priority_election=False))
         winners.add(check_one_leader(c))
+        settle(c)
     assert winners == {0, 1, 2}
 
 
@@ -191,6 +193,9 @@ def test_without_check_quorum_a_cut_off_leader_stays(seed):
     c.disconnect(leader)
     c.run(10 * timeout_units(c))
     assert role(c, leader) is Role.LEADER
+    c.heal()
+    one(c, b"x", 3)
+    settle(c)
 
 
 # --- leadership transfer ----------------------------------------------------------------
@@ -272,6 +277,9 @@ def test_transfer_argument_checks():
         c.call(leader, lambda core: core.transfer_leadership(leader))
     with pytest.raises(ValueError):
         c.call(leader, lambda core: core.transfer_leadership(7))
+    assert c.nodes[leader].core.transferee is None
+    one(c, b"x", 3)
+    settle(c)
 
 
 # --- rebalancing to the primary -------------------------------------------------------------

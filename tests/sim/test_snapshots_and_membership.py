@@ -406,3 +406,5 @@ def test_force_on_a_node_outside_the_new_config_raises():
         c.call(1, lambda core: core.force_reconfigure(Configuration.of([0, 2])))
     assert c.nodes[1].core.term == term
     assert c.nodes[1].core.config.voters == {0, 1, 2, 3}
+    one(c, b"x", 4)
+    settle(c)
