@@ -6,7 +6,7 @@ SEEDS  ?= 1000
 # CI runs the full simulator campaign; a developer can lower it: make test SIM_SEEDS=500
 SIM_SEEDS ?= 10000
 
-.PHONY: setup test lint sim bench clean
+.PHONY: setup demo test lint sim bench clean
 
 setup: $(VENV)/.installed
 
@@ -15,6 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
+
+# A 4-broker, two-region cluster on loopback: write, kill -9 a leader, read everything back.
+demo: setup
+	$(PY) -m broker.demo
 
 lint: setup
 	$(PY) -m ruff check .

@@ -1,9 +1,17 @@
 """Client for the broker's gateway API (see docs/protocol.md and DESIGN.md section 4).
 
-One ``BrokerClient`` keeps one connection to one gateway and pipelines:
-every request gets an id, any number may be in flight, and a reader thread
-resolves each response's ``Future`` by id, in whatever order they come back.
-Synchronous methods are ``*_async(...).result()``.
+A ``BrokerClient`` pipelines: every request gets an id, any number may be
+in flight, and a reader thread per connection resolves each response's
+``Future`` by id, in whatever order they come back. Synchronous methods are
+``*_async(...).result()``.
+
+Routing: any gateway accepts any request and forwards it to the partition's
+leader, but that costs a hop. So the client learns the leaders from the
+``topology`` request (refreshed in the background when older than
+``ROUTES_MAX_AGE`` or after a failure) and sends each request whose
+partition it knows (given, computed from the key, or picked round-robin for
+an unkeyed append) straight to the leader's gateway. Without that knowledge
+it uses its given addresses, in turn.
 
 Failures are explicit ``BrokerError`` subclasses named after the gateway's
 codes. A lost connection fails every request in flight with ``Unavailable``
@@ -23,6 +31,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple
 
+from broker.partition import key_partition
 from broker.transport import RECV_SIZE, HandshakeRejected, recv_frame
 from broker.wire import (
     HEADER_SIZE,
@@ -45,6 +54,7 @@ DEFAULT_CLUSTER = "dual-region"
 # The gateway answers DEADLINE_EXCEEDED itself at ``timeout``; the client
 # waits a little longer so that answer, not a guess, is what callers see.
 DEADLINE_MARGIN = 0.5
+ROUTES_MAX_AGE = 1.0  # seconds before the leader map is refreshed
 
 
 # --- errors -------------------------------------------------------------------
@@ -333,8 +343,10 @@ class _Deadlines:
     def add(self, timeout: float, fut: Future, conn: _Connection, req_id: int) -> None:
         deadline = time.monotonic() + timeout + DEADLINE_MARGIN
         with self._cond:
+            earliest = not self._heap or deadline < self._heap[0][0]
             heapq.heappush(self._heap, (deadline, next(self._seq), fut, conn, req_id, timeout))
-            self._cond.notify()
+            if earliest:  # else the thread already wakes up in time; saves a wake-up per request
+                self._cond.notify()
 
     def stop(self) -> None:
         with self._cond:
@@ -382,24 +394,36 @@ class BrokerClient:
         timeout: float = 15.0,
         *,
         connect_timeout: float = 5.0,
+        route: bool = True,
     ):
+        """``route=False`` keeps every request on the given addresses (a
+        gateway forwarding to a specific broker uses that)."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.addresses = parse_addresses(address)
         self.cluster_name = cluster_name
         self.timeout = timeout
         self.connect_timeout = connect_timeout
-        self._lock = threading.Lock()  # connecting, _conn, _next, _closed
+        self._lock = threading.Lock()  # connecting, _conn, _next, _closed, _direct
         self._conn: _Connection | None = None
         self._next = 0  # index of the address to try first
         self._closed = False
         self._deadlines: _Deadlines | None = None
+        self._route = route
+        self._direct: dict[tuple[str, int], _Connection] = {}  # leader gateways
+        self._leaders: dict[int, tuple[str, int]] = {}  # partition -> leader gateway
+        self._partitions_count = 0
+        self._routes_at = -ROUTES_MAX_AGE  # monotonic time of the last refresh
+        self._refreshing = False
+        self._rr = itertools.count()
 
     # --- requests -------------------------------------------------------------
 
     def append_async(self, data: str | bytes, partition: int | None = None) -> Future:
         """Append a record; the future's result is ``Appended(partition, position)``
         once the record is committed."""
+        if partition is None and self._route:
+            partition = self._pick_partition()
         body = {"op": "append", "data": _as_bytes(data, "data"), "partition": partition}
         return self._submit(body, lambda r: Appended(r["partition"], r["position"]))
 
@@ -455,10 +479,12 @@ class BrokerClient:
         """Fail whatever is in flight with ``Unavailable`` and stop the threads."""
         with self._lock:
             self._closed = True
-            conn, self._conn = self._conn, None
+            conns = [self._conn, *self._direct.values()]
+            self._conn, self._direct = None, {}
             deadlines, self._deadlines = self._deadlines, None
-        if conn is not None:
-            conn.close(Unavailable("client closed"))
+        for conn in conns:
+            if conn is not None:
+                conn.close(Unavailable("client closed"))
         if deadlines is not None:
             deadlines.stop()
 
@@ -479,11 +505,12 @@ class BrokerClient:
         timeout = self.timeout if timeout is None else timeout
         body["timeout"] = timeout
         fut: Future = Future()
+        leader = self._leader_for(body) if self._route and body["op"] != "topology" else None
         # A connection found closed before anything was sent on it is replaced
         # once; a second loss in a row is reported.
         for _ in range(2):
             try:
-                conn, deadlines = self._connection()
+                conn, deadlines = self._connection(leader)
             except Unavailable as e:
                 _settle(fut, error=e)
                 return fut
@@ -495,12 +522,84 @@ class BrokerClient:
         _settle(fut, error=Unavailable(f"connection to {_fmt(conn.address)} lost"))
         return fut
 
-    def _connection(self) -> tuple[_Connection, _Deadlines]:
+    # --- routing ------------------------------------------------------------------
+
+    def routes(self) -> dict[int, str]:
+        """The partition leaders' gateways as last learnt (a refresh starts if stale)."""
+        if time.monotonic() - self._routes_at > ROUTES_MAX_AGE:
+            self._refresh_routes()
+        return {p: _fmt(address) for p, address in sorted(self._leaders.items())}
+
+    def _leader_for(self, body: dict) -> tuple[str, int] | None:
+        """The gateway of the leader of the request's partition, when known."""
+        if time.monotonic() - self._routes_at > ROUTES_MAX_AGE:
+            self._refresh_routes()
+        partition = body.get("partition")
+        if partition is None and "key" in body and self._partitions_count:
+            partition = key_partition(body["key"], self._partitions_count)
+        return self._leaders.get(partition) if partition is not None else None
+
+    def _pick_partition(self) -> int | None:
+        if time.monotonic() - self._routes_at > ROUTES_MAX_AGE:
+            self._refresh_routes()
+        known = sorted(self._leaders)
+        return known[next(self._rr) % len(known)] if known else None
+
+    def _refresh_routes(self) -> None:
+        """Ask any gateway for the topology, in the background."""
+        with self._lock:
+            if self._refreshing or self._closed:
+                return
+            self._refreshing = True
+            self._routes_at = time.monotonic()
+        try:
+            conn, deadlines = self._connection(None)
+        except Unavailable:
+            with self._lock:
+                self._refreshing = False
+            return
+        fut: Future = Future()
+        body = {"op": "topology", "timeout": min(self.timeout, 5.0)}
+        req_id = conn.submit(body, fut, _leaders_of)
+        if req_id is not None and not fut.done():
+            deadlines.add(min(self.timeout, 5.0), fut, conn, req_id)
+        fut.add_done_callback(self._routes_refreshed)
+
+    def _routes_refreshed(self, fut: Future) -> None:
+        with self._lock:
+            self._refreshing = False
+            if fut.exception() is None:
+                self._partitions_count, self._leaders = fut.result()
+                self._routes_at = time.monotonic()
+            else:
+                self._leaders = {}
+
+    def _connection(self, direct: tuple[str, int] | None = None) -> tuple[_Connection, _Deadlines]:
         with self._lock:
             if self._closed:
                 raise Unavailable("client closed")
             if self._deadlines is None:
                 self._deadlines = _Deadlines()
+            default = self._conn if self._conn is not None and not self._conn.closed else None
+            if direct is not None and default is not None and default.address == direct:
+                direct = None  # the leader's gateway is the one we already talk to
+            if direct is not None:
+                conn = self._direct.get(direct)
+                if conn is None or conn.closed:
+                    try:
+                        conn = _Connection(
+                            direct,
+                            self.cluster_name,
+                            min(self.connect_timeout, self.timeout),
+                            self.timeout,
+                            self._lost,
+                        )
+                    except (OSError, ProtocolError):
+                        conn = None  # fall back to the given addresses
+                    else:
+                        self._direct[direct] = conn
+                if conn is not None:
+                    return conn, self._deadlines
             if self._conn is not None and not self._conn.closed:
                 return self._conn, self._deadlines
             failures = []
@@ -524,11 +623,30 @@ class BrokerClient:
 
     def _lost(self, conn: _Connection) -> None:
         with self._lock:
+            if self._direct.get(conn.address) is conn:
+                del self._direct[conn.address]
+                self._routes_at = -ROUTES_MAX_AGE  # the leader may have moved: relearn
+                return
             if self._conn is conn:
                 self._conn = None
                 # The next connection starts with the next address, so a
                 # broker that is gone costs one failed attempt, not one per call.
                 self._next = (self.addresses.index(conn.address) + 1) % len(self.addresses)
+
+
+def _leaders_of(topology: dict) -> tuple[int, dict[int, tuple[str, int]]]:
+    """(partitionsCount, partition -> gateway address of its live leader) from a topology."""
+    best: dict[int, tuple[int, tuple[str, int]]] = {}
+    for b in topology.get("brokers", []):
+        if not b.get("alive", True) or not b.get("port"):
+            continue
+        for p in b.get("partitions", []):
+            if (
+                p.get("role") == "leader"
+                and p.get("term", 0) >= best.get(p["partitionId"], (-1, None))[0]
+            ):
+                best[p["partitionId"]] = (p.get("term", 0), (b["host"], b["port"]))
+    return topology.get("partitionsCount", 0), {pid: addr for pid, (_, addr) in best.items()}
 
 
 def _records(body: dict) -> Records:

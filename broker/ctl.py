@@ -257,6 +257,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         sent = 0
         while sent < args.records and time.perf_counter() < stop_at:
+            if args.rate:  # open loop: pace the sends, whatever the latency
+                delay = start + sent / args.rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
             if not inflight.acquire(timeout=max(0.0, stop_at - time.perf_counter())):
                 break
             t0 = time.perf_counter()
@@ -392,5 +396,12 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--duration", type=_positive, default=60.0, metavar="S", help="time limit (default: 60)"
+    )
+    p.add_argument(
+        "--rate",
+        type=_positive,
+        default=None,
+        metavar="R",
+        help="send at most R records/s, paced (default: as fast as --inflight allows)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -17,7 +17,6 @@ import itertools
 import logging
 import threading
 import time
-import zlib
 from collections.abc import Callable
 
 from broker import partition as sm
@@ -25,6 +24,7 @@ from broker import partition as sm
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.05  # between routing attempts while a partition has no known leader
+SWEEP_INTERVAL = 0.05  # how often requests past their deadline are answered
 MAX_READ = 10_000
 
 
@@ -33,10 +33,6 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def key_partition(key: str, partitions_count: int) -> int:
-    return zlib.crc32(key.encode()) % partitions_count + 1
 
 
 def _retryable(result: dict) -> bool:
@@ -107,6 +103,12 @@ class Gateway:
         self._rr = itertools.count()
         self._inflight: dict[int, int] = {}
         self._lock = threading.Lock()
+        # Unanswered requests only (a per-request timer would keep every
+        # request's closure alive for the whole deadline): token -> (deadline, reply)
+        self._waiting: dict[int, Callable[[dict], None]] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap; answered tokens are skipped
+        self._tokens = itertools.count()
+        self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:
         self.scheduler.stop()
@@ -116,16 +118,17 @@ class Gateway:
     def handle(self, conn, req_id: int, body: dict) -> None:
         start = time.monotonic()
         op = body.get("op") if isinstance(body, dict) else None
-        answered = threading.Lock()  # a request gets exactly one answer
+        token = next(self._tokens)
 
         def reply(result: dict) -> None:
-            if not answered.acquire(blocking=False):
-                return
+            if self._waiting.pop(token, None) is None:
+                return  # answered already (a request gets exactly one answer)
             if self.metrics:
                 code = "OK" if result.get("ok") else result.get("code", "UNKNOWN")
                 self.metrics.requests.labels(str(op), code).inc()
             conn.send_response(req_id, result)
 
+        self._waiting[token] = reply
         try:
             if op == "topology":
                 reply({"ok": True, **self.broker.topology()})
@@ -140,16 +143,20 @@ class Gateway:
             return
         forwarded = bool(body.get("forwarded"))
         deadline = start + limit
-        self.scheduler.call_later(
-            max(0.0, deadline - time.monotonic()),
-            lambda: reply(
-                _error(
-                    "DEADLINE_EXCEEDED",
-                    f"not committed within {limit:.1f}s; the write may still commit later",
-                )
-            ),
-        )
+        with self._lock:
+            heapq.heappush(self._deadlines, (deadline, token))
         self._route(partition_id, command, body, deadline, forwarded, reply)
+
+    def _sweep(self) -> None:
+        now, expired = time.monotonic(), []
+        with self._lock:
+            while self._deadlines and self._deadlines[0][0] <= now:
+                expired.append(heapq.heappop(self._deadlines)[1])
+        for token in expired:
+            reply = self._waiting.get(token)
+            if reply is not None:
+                reply(_error("DEADLINE_EXCEEDED", "not committed in time; it may still commit"))
+        self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _command(self, op, body: dict) -> tuple[int | None, bytes]:
         p = self.partitions_count
@@ -168,7 +175,7 @@ class Gateway:
             return pid, sm.encode(sm.READ, start, max(1, min(count, MAX_READ)))
         if op in ("put", "get", "cas", "delete"):
             key = _need(body, "key", str)
-            pid = key_partition(key, p)
+            pid = sm.key_partition(key, p)
             if op == "put":
                 return pid, sm.encode(sm.PUT, key, _need(body, "value", bytes))
             if op == "get":
@@ -240,18 +247,17 @@ class Gateway:
         if self.metrics:
             self.metrics.inflight_requests.labels(str(pid)).inc()
 
-        def done(fut) -> None:
+        def done(result: dict) -> None:
             with self._lock:
                 self._inflight[pid] -= 1
             if self.metrics:
                 self.metrics.inflight_requests.labels(str(pid)).dec()
-            result = fut.result()
             if _retryable(result):
                 retry(result.get("message") or f"node {self.broker.node_id} does not lead {pid}")
             else:
                 reply(result)
 
-        runner.propose(command).add_done_callback(done)
+        runner.propose(command, done)
 
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
         remaining = deadline - time.monotonic()

@@ -8,10 +8,14 @@ write acknowledged before the read was proposed, so reads are linearizable
 without leases or clocks.
 
 Commands are msgpack lists ``[op, ...]``; results are dicts that the gateway
-returns to clients as they are (with ``ok`` set).
+returns to clients as they are (with ``ok`` set). One Raft entry carries a
+batch of commands, concatenated: whatever the leader received together is
+replicated, written and fsynced as one entry.
 """
 
 from __future__ import annotations
+
+import zlib
 
 import msgpack
 
@@ -19,8 +23,17 @@ APPEND, READ, PUT, GET, CAS, DELETE = "append", "read", "put", "get", "cas", "de
 MAX_READ_BYTES = 2 * 1024 * 1024  # keeps a read response well under the frame limit
 
 
+def key_partition(key: str, partitions_count: int) -> int:
+    """The partition (1-based) that holds ``key``: the same rule in gateway and client."""
+    return zlib.crc32(key.encode()) % partitions_count + 1
+
+
 def encode(op: str, *args) -> bytes:
     return msgpack.packb([op, *args], use_bin_type=True)
+
+
+def _bad(exc: Exception) -> dict:
+    return {"ok": False, "code": "INVALID_ARGUMENT", "message": f"bad command: {exc}"}
 
 
 class PartitionState:
@@ -36,16 +49,28 @@ class PartitionState:
     def last_position(self) -> int:
         return len(self.records)
 
-    def apply(self, index: int, command: bytes) -> dict:
-        """Apply the command committed at ``index``; returns the client's result."""
+    def apply(self, index: int, batch: bytes) -> list[dict]:
+        """Apply the batch of commands committed at ``index``; one result each."""
         self.applied_index = index
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(batch)
+        results = []
         try:
-            op, *args = msgpack.unpackb(command, raw=False)
+            for command in unpacker:
+                results.append(self._apply_one(command))
+        except (ValueError, msgpack.UnpackException) as exc:
+            # A corrupt tail: every replica stops at the same place.
+            results.append(_bad(exc))
+        return results
+
+    def _apply_one(self, command) -> dict:
+        try:
+            op, *args = command
             return self._OPS[op](self, *args)
-        except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
+        except (ValueError, KeyError, TypeError) as exc:
             # The gateway validates commands before proposing them, so this is
             # a corrupt entry: every replica answers the same and moves on.
-            return {"ok": False, "code": "INVALID_ARGUMENT", "message": f"bad command: {exc}"}
+            return _bad(exc)
 
     def _append(self, data: bytes) -> dict:
         self.records.append(data)

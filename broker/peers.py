@@ -5,8 +5,10 @@ handshake tells a contact point's node id) and then from each other, since
 every broker broadcasts, every ``gossipInterval``, its own description (region,
 addresses, partition roles and terms) together with the addresses of the
 members it knows. A member not heard from for ``failureTimeout`` is considered
-down. This is the seam the SWIM membership replaces: the rest of the broker
-only uses ``members``, ``alive``, ``leader_of`` and ``on_gossip``.
+down, or after 8 missed broadcasts if that is sooner (without SWIM's
+indirect probes there is nothing to wait for). This is the seam the SWIM
+membership replaces: the rest of the broker only uses ``members``,
+``alive``, ``leader_of`` and ``on_gossip``.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ class PeerDirectory:
         self.cluster_name = cluster_name
         self.local_partitions = local_partitions
         self.interval = interval
-        self.failure_timeout = failure_timeout
+        self.failure_timeout = min(failure_timeout, max(1.0, 8 * interval))
         self.clock = clock
         self.members: dict[int, Member] = {me.node_id: me}
         self._unresolved = [cp for cp in contact_points if cp]

@@ -186,6 +186,7 @@ class Broker:
                     f"{m.host}:{m.gateway_port}",
                     cluster_name=self.cfg.cluster.cluster_name,
                     timeout=self.cfg.network.gateway.request_timeout,
+                    route=False,  # this link is to one specific broker
                 )
                 self._links[node_id] = link
             return link

@@ -7,6 +7,8 @@ calls from the management API. Each turn of the loop drains the whole inbox,
 then processes the core's Ready once: whatever arrived together is written
 with a single fsync (group commit).
 
+Proposals drained in one turn become one Raft entry (a batch of commands),
+so replication, journal and fsync costs are paid per batch, not per record.
 A proposal's future resolves when its entry is applied: with the state
 machine's result if the entry committed at that index is ours, or with
 UNAVAILABLE if another leader's entry took the index (it was never
@@ -32,6 +34,8 @@ from broker.raft.metastore import MetaStore
 from broker.raft.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 512 * 1024  # per entry; keeps AppendRequests well under the frame limit
 
 _ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 1, Role.LEADER: 2}
 
@@ -82,7 +86,9 @@ class PartitionRunner:
             entries=entries,
         )
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[int, tuple[int, Future, float]] = {}  # index -> (term, future, t0)
+        # entry index -> (term, [(done callback, t0) per command in the batch])
+        self._pending: dict[int, tuple[int, list[tuple[Callable, float]]]] = {}
+        self._batch: list[tuple[bytes, Callable, float]] = []  # proposals of this turn
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"raft-{node_id}-p{partition_id}", daemon=True
@@ -111,18 +117,18 @@ class PartitionRunner:
         self._stop.set()
         self._inbox.put(None)
         self._thread.join(timeout)
-        for _, fut, _ in self._pending.values():
-            if not fut.done():
-                fut.set_result(_unavailable("the broker is shutting down"))
+        for _, waiting in self._pending.values():
+            for done, _ in waiting:
+                done(_unavailable("the broker is shutting down; outcome unknown"))
+        self._pending.clear()
         self.journal.close()
 
     def deliver(self, msg) -> None:
         self._inbox.put(msg)
 
-    def propose(self, command: bytes) -> Future:
-        fut: Future = Future()
-        self._inbox.put(("propose", command, fut, time.perf_counter()))
-        return fut
+    def propose(self, command: bytes, done: Callable[[dict], None]) -> None:
+        """Propose ``command``; ``done(result)`` is called once, on the partition thread."""
+        self._inbox.put(("propose", command, done, time.perf_counter()))
 
     def call(self, fn: Callable[[RaftNode], object]) -> Future:
         """Run ``fn(core)`` on the partition thread (rebalance, force reconfigure...)."""
@@ -150,6 +156,8 @@ class PartitionRunner:
                         self._handle(self._inbox.get_nowait())
                     except queue.Empty:
                         break
+                if self._batch:
+                    self._propose_batch()
                 now = time.monotonic()
                 if now >= next_tick:
                     self.node.tick()
@@ -170,22 +178,36 @@ class PartitionRunner:
             self.node.step(item)
             return
         if item[0] == "propose":
-            _, command, fut, t0 = item
-            try:
-                index = self.node.propose(command)
-            except NotLeader as exc:
-                fut.set_result({"ok": False, "code": "NOT_LEADER", "leader": exc.leader})
-                return
-            except ProposalRejected as exc:
-                fut.set_result(_not_committed(str(exc)))
-                return
-            self._pending[index] = (self.node.term, fut, t0)
+            self._batch.append(item[1:])
         else:
             _, fn, fut = item
             try:
                 fut.set_result(fn(self.node))
             except Exception as exc:
                 fut.set_exception(exc)
+
+    def _propose_batch(self) -> None:
+        batch, self._batch = self._batch, []
+        chunks, size = [[]], 0
+        for item in batch:
+            if chunks[-1] and size + len(item[0]) > MAX_BATCH_BYTES:
+                chunks.append([])
+                size = 0
+            chunks[-1].append(item)
+            size += len(item[0])
+        for chunk in chunks:
+            try:
+                index = self.node.propose(b"".join(command for command, _, _ in chunk))
+            except NotLeader as exc:
+                refusal = {"ok": False, "code": "NOT_LEADER", "leader": exc.leader}
+                for _, done, _ in chunk:
+                    done(refusal)
+                continue
+            except ProposalRejected as exc:
+                for _, done, _ in chunk:
+                    done(_not_committed(str(exc)))
+                continue
+            self._pending[index] = (self.node.term, [(done, t0) for _, done, t0 in chunk])
 
     def _process_ready(self) -> None:
         node = self.node
@@ -231,21 +253,27 @@ class PartitionRunner:
     def _apply(self, entries) -> None:
         state, pending, now = self.state, self._pending, time.perf_counter()
         applied = 0
+        latency = self.metrics.commit_latency.labels(self._label) if self.metrics else None
         for e in entries:
             if e.kind is EntryKind.NORMAL:
-                result = state.apply(e.index, e.data)
-                applied += 1
+                results = state.apply(e.index, e.data)
+                applied += len(results)
             else:
                 state.applied_index = e.index
-                result = None
+                results = []
             waiting = pending.pop(e.index, None) if pending else None
-            if waiting is not None:
-                term, fut, t0 = waiting
-                if e.term != term:
-                    result = _not_committed("leadership changed before the entry committed")
-                elif self.metrics:
-                    self.metrics.commit_latency.labels(self._label).observe(now - t0)
-                fut.set_result(result)
+            if waiting is None:
+                continue
+            term, futures = waiting
+            if e.term != term:
+                lost = _not_committed("leadership changed before the entry committed")
+                for done, _ in futures:
+                    done(lost)
+                continue
+            for (done, t0), result in zip(futures, results, strict=False):
+                if latency is not None:
+                    latency.observe(now - t0)
+                done(result)
         if applied and self.metrics:
             self.metrics.records_committed.labels(self._label).inc(applied)
 

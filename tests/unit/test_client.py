@@ -44,6 +44,7 @@ class FakeGateway:
         self.error: tuple[str, str] | None = None
         self.error_ops: set[str] | None = None
         self.silent = False
+        self.answer_topology: dict | None = None  # a topology to answer instead of the default
         self.delay = 0.0
         self.hold = 0
         self.received: list[dict] = []
@@ -138,7 +139,7 @@ class FakeGateway:
             nxt = records[-1][0] + 1 if records else first
             return {"ok": True, "partition": body["partition"], "records": records, "next": nxt}
         if op == "topology":
-            return topology_document(self.transport.port)
+            return self.answer_topology or topology_document(self.transport.port)
         key = body.get("key")
         if op == "put":
             self.kv[key] = body["value"]
@@ -220,6 +221,8 @@ def make_client():
     clients = []
 
     def make(address, **kw) -> BrokerClient:
+        # These tests pin one gateway's traffic exactly; routing has its own tests.
+        kw.setdefault("route", False)
         client = BrokerClient(address, **kw)
         clients.append(client)
         return client
@@ -474,3 +477,66 @@ def test_parse_addresses(text, expected):
 def test_parse_addresses_refuses_bad_ones(text):
     with pytest.raises(ValueError):
         parse_addresses(text)
+
+
+# --- routing to partition leaders ----------------------------------------------
+
+
+def leader_map(partitions: dict[int, FakeGateway]) -> dict:
+    """A topology whose partition p is led by the gateway partitions[p]."""
+    gateways = {gw.transport.port: gw for gw in partitions.values()}
+    return {
+        "ok": True,
+        "brokers": [
+            {
+                "nodeId": n,
+                "host": HOST,
+                "port": port,
+                "alive": True,
+                "partitions": [
+                    {"partitionId": p, "role": "leader", "health": "healthy", "term": 2}
+                    for p, gw in partitions.items()
+                    if gw is gateways[port]
+                ],
+            }
+            for n, port in enumerate(sorted(gateways))
+        ],
+        "partitionsCount": FakeGateway.PARTITIONS,
+    }
+
+
+def test_requests_go_straight_to_the_partition_leader(make_gateway, make_client):
+    entry, leader = make_gateway(), make_gateway()
+    topology = leader_map({1: entry, 2: leader, 3: leader})
+    for gw in (entry, leader):
+        gw.answer_topology = topology
+    client = make_client(entry.address, route=True)
+    wait_until(lambda: len(client.routes()) == 3)  # learnt in the background
+    assert client.append("x", partition=2) == Appended(2, 1)
+    assert [b["data"] for b in leader.received if b["op"] == "append"] == [b"x"]
+    assert not [b for b in entry.received if b["op"] == "append"]
+    for key in ("k", "kk", "kkk", "kkkk"):  # the key's partition decides where it goes
+        client.put(key, "v")
+        owner = {1: entry, 2: leader, 3: leader}[entry.partition_of(key)]
+        assert [b["key"] for b in owner.received if b["op"] == "put"][-1] == key
+
+
+def test_unkeyed_appends_are_spread_over_the_partitions_with_leaders(make_gateway, make_client):
+    a, b = make_gateway(), make_gateway()
+    topology = leader_map({1: a, 2: b, 3: b})
+    a.answer_topology = b.answer_topology = topology
+    client = make_client(a.address, route=True)
+    wait_until(lambda: len(client.routes()) == 3)
+    partitions = {client.append(f"r{i}").partition for i in range(6)}
+    assert partitions == {1, 2, 3}
+    assert sum(1 for x in b.received if x["op"] == "append") == 4
+
+
+def test_an_unreachable_leader_falls_back_to_the_given_gateway(make_gateway, make_client):
+    entry, leader = make_gateway(), make_gateway()
+    entry.answer_topology = leader_map({1: entry, 2: leader, 3: leader})
+    client = make_client(entry.address, route=True)
+    wait_until(lambda: len(client.routes()) == 3)
+    leader.stop()  # the leader's gateway is gone; the entry gateway forwards
+    assert client.append("x", partition=2).partition == 2
+    assert [b["data"] for b in entry.received if b["op"] == "append"] == [b"x"]

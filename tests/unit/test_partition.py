@@ -5,9 +5,9 @@ from broker import partition as sm
 from broker.partition import PartitionState
 
 
-def apply_all(state: PartitionState, *commands) -> list[dict]:
+def apply_all(state: PartitionState, *commands) -> list[dict]:  # one entry each
     start = state.applied_index
-    return [state.apply(start + k + 1, c) for k, c in enumerate(commands)]
+    return [state.apply(start + k + 1, c)[0] for k, c in enumerate(commands)]
 
 
 def test_append_assigns_consecutive_positions():
@@ -21,10 +21,10 @@ def test_append_assigns_consecutive_positions():
 def test_read_returns_records_from_a_position_and_the_next_one():
     s = PartitionState(1)
     apply_all(s, *(sm.encode(sm.APPEND, b"r%d" % i) for i in range(1, 6)))
-    r = s.apply(10, sm.encode(sm.READ, 2, 3))
+    [r] = s.apply(10, sm.encode(sm.READ, 2, 3))
     assert r["records"] == [[2, b"r2"], [3, b"r3"], [4, b"r4"]]
     assert r["next"] == 5
-    tail = s.apply(11, sm.encode(sm.READ, 6, 10))
+    [tail] = s.apply(11, sm.encode(sm.READ, 6, 10))
     assert tail["records"] == [] and tail["next"] == 6
 
 
@@ -32,7 +32,7 @@ def test_read_is_capped_in_bytes():
     s = PartitionState(1)
     big = b"x" * (512 * 1024)
     apply_all(s, *(sm.encode(sm.APPEND, big) for _ in range(10)))
-    r = s.apply(20, sm.encode(sm.READ, 1, 100))
+    [r] = s.apply(20, sm.encode(sm.READ, 1, 100))
     assert 1 <= len(r["records"]) < 10
     assert r["next"] == len(r["records"]) + 1
 
@@ -73,7 +73,7 @@ def test_cas_checks_the_current_value_and_absence():
 )
 def test_a_corrupt_command_is_answered_not_raised(command):
     s = PartitionState(1)
-    r = s.apply(1, command)
+    [r] = s.apply(1, command)
     assert r["ok"] is False and r["code"] == "INVALID_ARGUMENT"
     assert s.applied_index == 1  # every replica moves on the same way
 
@@ -84,7 +84,24 @@ def test_snapshot_restore_round_trip():
     t = PartitionState(4)
     t.restore(s.snapshot())
     assert (t.records, t.kv, t.applied_index) == ([b"a"], {"k": b"v"}, 2)
-    assert t.apply(3, sm.encode(sm.APPEND, b"b"))["position"] == 2
+    assert t.apply(3, sm.encode(sm.APPEND, b"b"))[0]["position"] == 2
+
+
+def test_a_batch_entry_applies_every_command_in_order():
+    s = PartitionState(1)
+    batch = b"".join(
+        [sm.encode(sm.APPEND, b"a"), sm.encode(sm.PUT, "k", b"v"), sm.encode(sm.APPEND, b"b")]
+    )
+    results = s.apply(7, batch)
+    assert [r.get("position") for r in results] == [1, None, 2]
+    assert s.kv == {"k": b"v"} and s.applied_index == 7
+
+
+def test_a_corrupt_tail_in_a_batch_keeps_the_commands_before_it():
+    s = PartitionState(1)
+    results = s.apply(1, sm.encode(sm.APPEND, b"a") + b"\xc1")
+    assert results[0]["position"] == 1
+    assert results[-1]["code"] == "INVALID_ARGUMENT"
 
 
 def test_restore_refuses_an_unknown_snapshot_version():

@@ -1,0 +1,189 @@
+"""Cluster benchmarks with real broker processes, beside PySyncObj in the same run.
+
+* durable commits/s: 3 brokers, RF 3, 1 partition, 100 B records, fsync on,
+  a pipelined load process (``brokerctl bench``) against the leader's gateway;
+* PySyncObj: 3 nodes, file journal (no fsync), with its default append period
+  and tuned to 5 ms (see bench/pysyncobj_peer.py for how it is driven);
+* commit latency p50/p99 at half of the measured maximum (paced load);
+* the dual-region layout: 8 brokers, 8 partitions, RF 4, two load processes;
+* leader kill -9 to the first acknowledged write, default timing, median of 5.
+
+Throughputs are medians of rounds; everything runs on this machine, in one
+invocation, so the ratios compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+from bench import pysyncobj_peer
+from broker.client import BrokerClient, BrokerError
+from broker.localcluster import LocalCluster
+
+ROUNDS = 3
+DURATION = 5.0
+ROOT = os.path.join("var", "bench-tmp")
+
+TITLE = "Cluster: durable commits with real processes (medians), PySyncObj beside it"
+COLUMNS = [
+    ("case", "case", "{}"),
+    ("records_s", "records/s", "{:,.0f}"),
+    ("p50_ms", "p50 ms", "{:.2f}"),
+    ("p99_ms", "p99 ms", "{:.2f}"),
+    ("note", "note", "{}"),
+]
+
+
+def _load_cmd(addresses: str, duration: float, inflight: int, partition=None, rate=None):
+    cmd = [sys.executable, "-m", "broker.cli", "--address", addresses, "bench", "--json"]
+    cmd += ["--records", "100000000", "--size", "100", "--inflight", str(inflight)]
+    cmd += ["--duration", str(duration)]
+    if partition is not None:
+        cmd += ["--partition", str(partition)]
+    if rate is not None:
+        cmd += ["--rate", str(rate)]
+    return cmd
+
+
+def _result(out: str, err: str) -> dict:
+    if not out.strip():
+        raise RuntimeError(f"load process failed: {err.strip()[-500:]}")
+    return json.loads(out)
+
+
+def _load(addresses: str, duration: float, inflight: int, partition=None, rate=None) -> dict:
+    cmd = _load_cmd(addresses, duration, inflight, partition, rate)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+    return _result(out.stdout, out.stderr)
+
+
+def _parallel_load(addresses: list[str], duration: float, inflight: int) -> float:
+    """Several load processes at once; returns their summed records/s."""
+    procs = [
+        subprocess.Popen(
+            _load_cmd(a, duration, inflight),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for a in addresses
+    ]
+    return sum(_result(*p.communicate(timeout=duration + 60))["records_per_s"] for p in procs)
+
+
+def _broker_rf3(root: str) -> tuple[list[dict], float]:
+    rows = []
+    with LocalCluster(os.path.join(root, "rf3"), size=3, partitions=1, replication_factor=3) as c:
+        c.start()
+        leader = c.wait_leaders()[1]
+        _load(c.gateway(leader), 1.0, 256, partition=1)  # warm-up
+        rounds = [_load(c.gateway(leader), DURATION, 256, partition=1) for _ in range(ROUNDS)]
+        best = statistics.median(r["records_per_s"] for r in rounds)
+        mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+        rows.append(
+            {
+                "case": "broker: 3 brokers, RF 3, 1 partition, fsync on",
+                "records_s": best,
+                "p50_ms": mid["p50_ms"],
+                "p99_ms": mid["p99_ms"],
+                "note": "rounds " + ", ".join(f"{r['records_per_s']:,.0f}" for r in rounds),
+            }
+        )
+        half = _load(c.gateway(leader), DURATION, 256, partition=1, rate=best / 2)
+        rows.append(
+            {
+                "case": "broker: same, paced at half of that",
+                "records_s": half["records_per_s"],
+                "p50_ms": half["p50_ms"],
+                "p99_ms": half["p99_ms"],
+                "note": "target p99 < 25 ms",
+            }
+        )
+        kill = _leader_kill_times(c, repeats=5)
+        rows.append(
+            {
+                "case": "broker: leader kill -9 to first acknowledged write",
+                "records_s": None,
+                "p50_ms": statistics.median(kill) * 1000,
+                "p99_ms": max(kill) * 1000,
+                "note": f"median and max of {len(kill)} (s: "
+                + ", ".join(f"{t:.2f}" for t in kill)
+                + "); default timing",
+            }
+        )
+    return rows, best
+
+
+def _leader_kill_times(c: LocalCluster, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        leader = c.wait_leaders()[1]
+        others = [i for i in range(c.size) if i != leader]
+        with BrokerClient(c.gateways(others), timeout=15) as client:
+            client.append("warm", partition=1)
+            t0 = time.monotonic()
+            c.kill(leader)
+            while True:
+                try:
+                    client.append("probe", partition=1)
+                    break
+                except BrokerError:
+                    if time.monotonic() - t0 > 30:
+                        raise
+            times.append(time.monotonic() - t0)
+        c.start([leader])
+    return times
+
+
+def _dual_region(root: str) -> dict:
+    with LocalCluster(os.path.join(root, "dr"), size=8, partitions=8, replication_factor=4) as c:
+        c.start()
+        c.wait_leaders(timeout=60)
+        addresses = [c.gateways([i, (i + 2) % 8]) for i in (0, 1)]
+        _parallel_load(addresses, 1.0, 512)  # warm-up
+        rounds = [_parallel_load(addresses, DURATION, 512) for _ in range(ROUNDS)]
+    return {
+        "case": "broker: 8 brokers, 8 partitions, RF 4 (two regions)",
+        "records_s": statistics.median(rounds),
+        "p50_ms": None,
+        "p99_ms": None,
+        "note": "2 load processes; target >= 20,000; rounds "
+        + ", ".join(f"{r:,.0f}" for r in rounds),
+    }
+
+
+def _pysyncobj(period: float, label: str) -> dict:
+    r = pysyncobj_peer.run(duration=DURATION, append_entries_period=period)
+    return {
+        "case": f"PySyncObj: 3 nodes, file journal (no fsync), {label}",
+        "records_s": r["commits_per_s"],
+        "p50_ms": None,
+        "p99_ms": None,
+        "note": "rounds " + ", ".join(f"{x:,.0f}" for x in r["rounds"]),
+    }
+
+
+def run() -> list[dict]:
+    root = os.path.join(ROOT, f"cluster-{os.getpid()}")
+    os.makedirs(root, exist_ok=True)
+    try:
+        rows, ours = _broker_rf3(root)
+        default = _pysyncobj(0.1, "default appendEntriesPeriod 100 ms")
+        tuned = _pysyncobj(0.005, "appendEntriesPeriod tuned to 5 ms")
+        rows += [default, tuned]
+        for row in (default, tuned):
+            row["note"] += f"; broker/PySyncObj = {ours / row['records_s']:.2f}x"
+        rows.append(_dual_region(root))
+        return rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def summary(rows: list[dict]) -> list[str]:
+    return [f"{r['case']}: {r['note']}" for r in rows if "x" in r["note"] or "target" in r["note"]]
