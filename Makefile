@@ -6,15 +6,32 @@ SEEDS  ?= 1000
 # CI runs the full simulator campaign; a developer can lower it: make test SIM_SEEDS=500
 SIM_SEEDS ?= 10000
 
-.PHONY: setup demo test lint sim bench clean
+.PHONY: setup system-packages demo test lint sim bench clean
 
-setup: $(VENV)/.installed
+# Debian packages the lab tests need (network namespaces with sshd, nftables).
+SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping
+
+setup: system-packages $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	$(PY) -m pip install --quiet -e '.[dev,ops,bench]'
 	@touch $@
+
+# Installs only what is missing, and only as root; others get a note and the
+# lab tests skip themselves, saying why.
+system-packages:
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "setup: not root, not installing Debian packages ($(SYSTEM_PACKAGES))"; \
+	else \
+	  missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "setup: installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
 
 # A 4-broker, two-region cluster on loopback: write, kill -9 a leader, read everything back.
 demo: setup

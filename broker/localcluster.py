@@ -168,18 +168,21 @@ class LocalCluster:
         return doc.get("status") if doc else None
 
     def leaders(self, via: int | None = None) -> dict[int, int]:
-        """partition -> leader node id, as seen from one running broker's topology."""
+        """partition -> leader node id, as one running broker sees it: the live
+        claim of the highest term (a deposed leader's claim may linger)."""
         nodes = [via] if via is not None else self.running()
         for i in nodes:
             topo = self.get_json(i, "/v2/topology")
             if not topo:
                 continue
-            out = {}
+            best: dict[int, tuple[int, int]] = {}
             for b in topo["brokers"]:
                 for p in b["partitions"]:
-                    if p["role"] == "leader" and b.get("alive", True):
-                        out[p["partitionId"]] = b["nodeId"]
-            return out
+                    pid, term = p["partitionId"], p.get("term", 0)
+                    live_leader = p["role"] == "leader" and b.get("alive", True)
+                    if live_leader and term >= best.get(pid, (-1, -1))[0]:
+                        best[pid] = (term, b["nodeId"])
+            return {pid: node for pid, (_, node) in best.items()}
         return {}
 
     def wait_leaders(self, timeout: float = 30, exclude=()) -> dict[int, int]:
