@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable
 
 from broker import partition as sm
+from broker.raft.core import ProposalRejected
+from broker.raft.messages import Configuration
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,32 @@ class RequestError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def _reconfigure(voters: dict[int, int]):
+    """Make ``voters`` (broker -> priority) the group; reports whether it is committed."""
+
+    def fn(core) -> dict:
+        if not core.is_leader:
+            return {"ok": False, "code": "NOT_LEADER", "leader": core.leader_id}
+        target = Configuration.of(voters, voters)
+        if core.config == target:
+            return {"ok": True, "committed": core.config_index <= core.commit}
+        try:
+            core.propose_config(target)
+        except ProposalRejected as exc:  # e.g. the previous change is not committed yet
+            return {"ok": True, "committed": False, "message": str(exc)}
+        except ValueError as exc:
+            return _error("INVALID_ARGUMENT", str(exc))
+        return {"ok": True, "committed": False}
+
+    return fn
+
+
+def _rebalance(core) -> dict:
+    if not core.is_leader:
+        return {"ok": False, "code": "NOT_LEADER", "leader": core.leader_id}
+    return {"ok": True, "steppingDown": core.step_down_if_not_primary()}
 
 
 def _retryable(result: dict) -> bool:
@@ -184,6 +212,18 @@ class Gateway:
                 return pid, sm.encode(sm.DELETE, key)
             expected = _need(body, "expected", bytes, optional=True)
             return pid, sm.encode(sm.CAS, key, expected, _need(body, "value", bytes))
+        if op == "_reconfigure":  # internal: topology changes (PARTITION_JOIN, ...)
+            pid = _need(body, "partition", int)
+            replicas = _need(body, "replicas", dict)
+            try:
+                voters = {int(b): int(prio) for b, prio in replicas.items()}
+            except (TypeError, ValueError):
+                raise RequestError(
+                    "INVALID_ARGUMENT", "'replicas' maps broker ids to priorities"
+                ) from None
+            return pid, _reconfigure(voters)
+        if op == "_rebalance":  # internal: POST /actuator/rebalance
+            return _need(body, "partition", int), _rebalance
         raise RequestError("INVALID_ARGUMENT", f"unknown op {op!r}")
 
     # --- routing ------------------------------------------------------------------
@@ -257,7 +297,15 @@ class Gateway:
             else:
                 reply(result)
 
-        runner.propose(command, done)
+        if callable(command):  # an internal operation on the Raft core itself
+
+            def called(fut) -> None:
+                exc = fut.exception()
+                done(_error("UNAVAILABLE", str(exc)) if exc else fut.result())
+
+            runner.call(command).add_done_callback(called)
+        else:
+            runner.propose(command, done)
 
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
         remaining = deadline - time.monotonic()

@@ -15,12 +15,15 @@ import threading
 from broker import __version__
 from broker.config import BrokerConfig, dual_region_warnings
 from broker.gateway import Gateway
+from broker.management import ROUTES, ManagementServer
 from broker.metrics import BrokerMetrics
 from broker.peers import Member, PeerDirectory
 from broker.raft.core import RaftConfig
 from broker.raft.messages import Configuration
 from broker.raft.runner import PartitionRunner
-from broker.topology.distribution import distribute
+from broker.topology import api as topology_api
+from broker.topology import model as tmodel
+from broker.topology.manager import TopologyManager, now_iso
 from broker.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -66,7 +69,7 @@ class Broker:
             host,
             cfg.network.internal.port,
             on_raft=self._on_raft,
-            on_gossip=lambda src, payload: self.peers.on_gossip(src, payload),
+            on_gossip=self._on_gossip,
             max_frame_size=cfg.network.max_frame_size,
         )
         self.gateway = Gateway(
@@ -87,10 +90,12 @@ class Broker:
         self.internal.start()
         self.gateway_transport.start()
 
-        from broker.management import ManagementServer
-
         self.management = ManagementServer(
-            self, cfg.management.host, cfg.management.port, cfg.management.token
+            self,
+            cfg.management.host,
+            cfg.management.port,
+            cfg.management.token,
+            routes=ROUTES + topology_api.ROUTES,
         )
         self.management.start()
         advertised = cfg.network.effective_advertised_host
@@ -110,26 +115,8 @@ class Broker:
             interval=c.membership.gossip_interval,
             failure_timeout=c.membership.failure_timeout,
         )
-        core, tick = raft_settings(cfg)
-        for a in distribute(range(c.cluster_size), c.partitions_count, c.replication_factor):
-            if self.node_id not in a.members:
-                continue
-            self.runners[a.partition_id] = PartitionRunner(
-                a.partition_id,
-                self.node_id,
-                os.path.join(cfg.data.directory, "partitions", str(a.partition_id)),
-                Configuration.of(a.members, dict(a.priorities)),
-                core,
-                tick,
-                self.internal.send_raft,
-                metrics=self.metrics,
-                flush=cfg.cluster.raft.flush.enabled,
-                segment_size=cfg.data.log_segment_size,
-                snapshot_entries=cfg.data.snapshot_entries,
-                snapshot_period=cfg.data.snapshot_period,
-            )
-        for runner in self.runners.values():
-            runner.start()
+        self.topology_manager = TopologyManager(self, self._static_topology)
+        self.topology_manager.start()  # starts the partitions this broker hosts
         self.peers.start()
         self.started.set()
         log.info(
@@ -151,6 +138,7 @@ class Broker:
         if self.gateway_transport is not None:
             self.gateway_transport.stop()
         if self.started.is_set():
+            self.topology_manager.stop()
             self.peers.stop()
             self.gateway.stop()
         for runner in self.runners.values():
@@ -162,6 +150,67 @@ class Broker:
             self.internal.stop()
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _static_topology(self) -> tmodel.ClusterConfig:
+        c = self.cfg.cluster
+        return tmodel.initial(
+            c.cluster_size,
+            c.partitions_count,
+            c.replication_factor,
+            sorted(self.cfg.exporters),
+            now_iso(),
+            cluster_id=c.cluster_name,
+        )
+
+    def ensure_partition(self, pid: int, replicas: dict[int, int]) -> None:
+        """Host partition ``pid`` (its Raft group starts from ``replicas`` when new)."""
+        if pid in self.runners:
+            return
+        cfg = self.cfg
+        core, tick = raft_settings(cfg)
+        runner = PartitionRunner(
+            pid,
+            self.node_id,
+            os.path.join(cfg.data.directory, "partitions", str(pid)),
+            Configuration.of(replicas, replicas),
+            core,
+            tick,
+            self.internal.send_raft,
+            metrics=self.metrics,
+            flush=cfg.cluster.raft.flush.enabled,
+            segment_size=cfg.data.log_segment_size,
+            snapshot_entries=cfg.data.snapshot_entries,
+            snapshot_period=cfg.data.snapshot_period,
+        )
+        self.runners[pid] = runner
+        runner.start()
+
+    def reconfigure_partition(self, pid: int, replicas: dict[int, int]) -> bool:
+        """Ask the partition's leader to make ``replicas`` its voters (one change at a
+        time); True once that configuration is committed."""
+        body = {
+            "op": "_reconfigure",
+            "partition": pid,
+            "replicas": {str(b): p for b, p in replicas.items()},
+        }
+        try:
+            answer = self.link_to(self.node_id).request_async(body, timeout=2.0).result(3.0)
+        except Exception:
+            return False
+        return bool(answer.get("ok") and answer.get("committed"))
+
+    def rebalance(self) -> None:
+        """Every partition's leader steps down unless it is the primary (async)."""
+        for pid in range(1, self.cfg.cluster.partitions_count + 1):
+            self.link_to(self.node_id).request_async(
+                {"op": "_rebalance", "partition": pid}, timeout=2.0
+            )
+
+    def _on_gossip(self, src: int, payload) -> None:
+        if isinstance(payload, dict) and "topology" in payload:
+            self.topology_manager.on_gossip(src, payload["topology"])
+        else:
+            self.peers.on_gossip(src, payload)
 
     def _on_raft(self, src: int, items) -> None:
         for pid, msg in items:
@@ -200,6 +249,7 @@ class Broker:
                 "term": s.get("term", 0),
                 "leader": s.get("leader"),
                 "health": s.get("health", "unhealthy"),
+                "voters": s.get("voters", []),
             }
         return out
 

@@ -1,0 +1,254 @@
+"""Keeps this broker's copy of the cluster configuration and carries out its changes.
+
+* Persisted in ``<data>/topology.json`` (checksummed, atomically replaced)
+  before it is acted on, so a restart resumes a change where it stopped; on
+  restart it is loaded from disk, never regenerated from the static config.
+  A corrupt file is reported and replaced by the newest copy a peer gossips.
+* Gossiped to every known member every second and merged by version: the
+  higher version wins. Only one broker changes the configuration at a time
+  (the one the next pending operation names), so versions never fork.
+* Executes the operations that name this broker, one at a time, and
+  reconciles the partitions it hosts with the configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from broker.fsutil import CorruptFileError, read_checked, write_checked
+from broker.raft.messages import Configuration
+from broker.topology import model as t
+
+log = logging.getLogger(__name__)
+
+GOSSIP_INTERVAL = 1.0
+STEP_INTERVAL = 0.1
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class TopologyManager:
+    def __init__(self, broker, static_initial: Callable[[], t.ClusterConfig]):
+        self.broker = broker
+        self.node_id = broker.node_id
+        self.path = os.path.join(broker.cfg.data.directory, "topology.json")
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"topology-{self.node_id}", daemon=True
+        )
+        self.config = self._load(static_initial)
+
+    # --- persistence -------------------------------------------------------------
+
+    def _load(self, static_initial) -> t.ClusterConfig:
+        try:
+            doc = json.loads(read_checked(self.path))
+            cfg = t.ClusterConfig.from_json(doc)
+            log.info("topology version %d loaded from %s", cfg.version, self.path)
+            return cfg
+        except FileNotFoundError:
+            cfg = static_initial()
+            self._save(cfg)
+            log.info("topology initialised from the static configuration (version 1)")
+            return cfg
+        except (CorruptFileError, ValueError, KeyError) as exc:
+            # Not regenerated: that would forget a failover. Peers gossip theirs.
+            log.error("unusable topology file %s (%s); a peer's copy replaces it", self.path, exc)
+            return static_initial()
+
+    def _save(self, cfg: t.ClusterConfig) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        write_checked(self.path, json.dumps(cfg.to_json(), sort_keys=True).encode())
+
+    def _adopt(self, cfg: t.ClusterConfig, why: str) -> None:
+        with self._lock:
+            if cfg.version <= self.config.version and why != "local":
+                return
+            self._save(cfg)
+            self.config = cfg
+        log.info("topology version %d (%s)", cfg.version, why)
+        self.reconcile()
+        self.broadcast()
+
+    # --- gossip ------------------------------------------------------------------------
+
+    def on_gossip(self, src: int, doc: dict) -> None:
+        try:
+            cfg = t.ClusterConfig.from_json(doc)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("malformed topology from node %d: %s", src, exc)
+            return
+        if cfg.version > self.config.version:
+            self._adopt(cfg, f"gossip from node {src}")
+
+    def broadcast(self) -> None:
+        peers = getattr(self.broker, "peers", None)
+        if peers is None:
+            return
+        payload = {"topology": self.config.to_json()}
+        for node_id in list(peers.members):
+            if node_id != self.node_id:
+                self.broker.internal.send_gossip(node_id, payload)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.reconcile()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        last_gossip = 0.0
+        while not self._stop.wait(STEP_INTERVAL):
+            try:
+                self._step()
+                if time.monotonic() - last_gossip >= GOSSIP_INTERVAL:
+                    self.broadcast()
+                    last_gossip = time.monotonic()
+            except Exception:
+                log.exception("topology step failed; retrying")
+
+    # --- changes ---------------------------------------------------------------------------
+
+    def begin(self, ops: list[t.Operation], force: bool, request: str) -> t.ClusterConfig:
+        """Start a change (on the coordinator); raises ChangeInProgress."""
+        with self._lock:
+            cfg = t.start_change(self.config, ops, now_iso(), force=force, request=request)
+            self._adopt(cfg, "local")
+            return cfg
+
+    def update(self, fn: Callable[[t.ClusterConfig], None]) -> t.ClusterConfig:
+        """A direct configuration update without operations (e.g. exporting paused)."""
+        import copy
+
+        with self._lock:
+            cfg = copy.deepcopy(self.config)
+            fn(cfg)
+            cfg.version += 1
+            self._adopt(cfg, "local")
+            return cfg
+
+    def executor_of(self, cfg: t.ClusterConfig, op: t.Operation) -> int:
+        """Who carries out ``op``: the broker it names, unless that broker is being
+        force-removed (it is gone): then the lowest retained broker does."""
+        if op.operation == t.BROKER_FORCE_REMOVE:
+            change = cfg.pending_change
+            removed = {
+                o.broker_id
+                for o in change.completed + change.pending
+                if o.operation == t.BROKER_FORCE_REMOVE
+            }
+            return min(m for m in cfg.active_members() if m not in removed)
+        return op.broker_id
+
+    def _step(self) -> None:
+        with self._lock:
+            cfg = self.config
+            if cfg.pending_change is None or not cfg.pending_change.pending:
+                return
+            op = cfg.pending_change.pending[0]
+        self._help_force(cfg)
+        if self.executor_of(cfg, op) != self.node_id:
+            return
+        if self._execute(cfg, op):
+            with self._lock:
+                if self.config is not cfg:
+                    return  # replaced meanwhile (gossip); the loop looks again
+                new = t.complete_next(cfg, now_iso())
+            log.info("completed %s", op.to_api())
+            self._adopt(new, "local")
+
+    def _help_force(self, cfg: t.ClusterConfig) -> None:
+        """Every retained replica applies a pending forced reconfiguration itself."""
+        for op in cfg.pending_change.pending:
+            if op.operation != t.PARTITION_FORCE_RECONFIGURE or self.node_id not in op.brokers:
+                continue
+            runner = self.broker.runners.get(op.partition_id)
+            if runner is None or sorted(runner.status.get("voters", [])) == list(op.brokers):
+                continue
+            prio = cfg.replicas(op.partition_id)
+            target = Configuration.of(op.brokers, {b: prio.get(b, 1) for b in op.brokers})
+            runner.call(lambda core, target=target: core.force_reconfigure(target))
+
+    # --- executing one operation (returns True when it is done) ---------------------------
+
+    def _execute(self, cfg: t.ClusterConfig, op: t.Operation) -> bool:
+        name = op.operation
+        if name in (t.BROKER_ADD, t.BROKER_REMOVE, t.BROKER_FORCE_REMOVE):
+            return True
+        if name in (t.PARTITION_ENABLE_EXPORTER, t.PARTITION_DISABLE_EXPORTER):
+            return True  # the exporters follow the configuration once it is applied
+        if name == t.PARTITION_FORCE_RECONFIGURE:
+            return self._all_replicas_forced(op)
+        replicas = cfg.replicas(op.partition_id)
+        if name == t.PARTITION_JOIN:
+            replicas[op.broker_id] = op.priority
+            self.reconcile(extra={op.partition_id: replicas})
+        elif name == t.PARTITION_LEAVE:
+            replicas.pop(op.broker_id, None)
+        elif name == t.PARTITION_RECONFIGURE_PRIORITY:
+            replicas[op.broker_id] = op.priority
+        committed = self.broker.reconfigure_partition(op.partition_id, replicas)
+        if committed and name == t.PARTITION_LEAVE:
+            self._drop_partition(op.partition_id, delete=True)
+        return committed
+
+    def _all_replicas_forced(self, op: t.Operation) -> bool:
+        want = list(op.brokers)
+        for b in op.brokers:
+            if b == self.node_id:
+                runner = self.broker.runners.get(op.partition_id)
+                voters = runner.status.get("voters") if runner else None
+            else:
+                member = self.broker.peers.members.get(b)
+                info = member.partitions.get(op.partition_id) if member else None
+                voters = info.get("voters") if info else None
+            if sorted(voters or []) != want:
+                return False
+        return True
+
+    # --- hosting the partitions the configuration gives us -------------------------------
+
+    def reconcile(self, extra: dict[int, dict[int, int]] | None = None) -> None:
+        """Start runners for our partitions; stop those we no longer host."""
+        with self._lock:
+            cfg = self.config
+            me = cfg.members.get(self.node_id)
+            wanted = {}
+            if me is not None and me.state != "LEFT":
+                wanted = {p: cfg.replicas(p) for p in me.partitions}
+            wanted.update(extra or {})
+            leaving = set()
+            if cfg.pending_change:
+                leaving = {
+                    op.partition_id
+                    for op in cfg.pending_change.pending
+                    if op.operation == t.PARTITION_LEAVE and op.broker_id == self.node_id
+                }
+        for pid, replicas in sorted(wanted.items()):
+            self.broker.ensure_partition(pid, replicas)
+        for pid in list(self.broker.runners):
+            if pid not in wanted and pid not in leaving:
+                self._drop_partition(pid, delete=me is not None and me.state == "LEFT")
+
+    def _drop_partition(self, pid: int, delete: bool) -> None:
+        runner = self.broker.runners.pop(pid, None)
+        if runner is None:
+            return
+        runner.stop()
+        log.info("partition %d no longer hosted here%s", pid, " (data deleted)" if delete else "")
+        if delete:
+            shutil.rmtree(runner.directory, ignore_errors=True)
