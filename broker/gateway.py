@@ -222,6 +222,10 @@ class Gateway:
                     "INVALID_ARGUMENT", "'replicas' maps broker ids to priorities"
                 ) from None
             return pid, _reconfigure(voters)
+        if op == "_export_init":  # internal: enable an exporter with initializeFrom
+            pid = _need(body, "partition", int)
+            exporter, source = _need(body, "exporter", str), _need(body, "from", str)
+            return pid, sm.encode(sm.EXPORT_INIT, exporter, source)
         if op == "_rebalance":  # internal: POST /actuator/rebalance
             return _need(body, "partition", int), _rebalance
         raise RequestError("INVALID_ARGUMENT", f"unknown op {op!r}")

@@ -20,6 +20,8 @@ import zlib
 import msgpack
 
 APPEND, READ, PUT, GET, CAS, DELETE = "append", "read", "put", "get", "cas", "delete"
+# exporter positions, replicated so that a new leader continues without gaps
+EXPORTED, EXPORT_INIT = "exported", "export_init"
 MAX_READ_BYTES = 2 * 1024 * 1024  # keeps a read response well under the frame limit
 
 
@@ -43,6 +45,7 @@ class PartitionState:
         self.partition_id = partition_id
         self.records: list[bytes] = []  # records[p - 1] is the record at position p
         self.kv: dict[str, bytes] = {}
+        self.exported: dict[str, int] = {}  # exporter id -> last acknowledged position
         self.applied_index = 0
 
     @property
@@ -113,13 +116,38 @@ class PartitionState:
         existed = self.kv.pop(key, None) is not None
         return {"ok": True, "partition": self.partition_id, "existed": existed}
 
-    _OPS = {APPEND: _append, READ: _read, PUT: _put, GET: _get, CAS: _cas, DELETE: _delete}
+    def _exported(self, exporter: str, position: int) -> dict:
+        if position > self.exported.get(exporter, 0):
+            self.exported[exporter] = min(position, len(self.records))
+        return {"ok": True, "partition": self.partition_id, "position": self.exported[exporter]}
+
+    def _export_init(self, exporter: str, source: str) -> dict:
+        """Start ``exporter`` where ``source`` is (enable with initializeFrom)."""
+        self.exported[exporter] = self.exported.get(source, 0)
+        return {"ok": True, "partition": self.partition_id, "position": self.exported[exporter]}
+
+    _OPS = {
+        APPEND: _append,
+        READ: _read,
+        PUT: _put,
+        GET: _get,
+        CAS: _cas,
+        DELETE: _delete,
+        EXPORTED: _exported,
+        EXPORT_INIT: _export_init,
+    }
 
     # --- snapshots ---------------------------------------------------------
 
     def snapshot(self) -> bytes:
         return msgpack.packb(
-            {"v": 1, "applied": self.applied_index, "records": self.records, "kv": self.kv},
+            {
+                "v": 1,
+                "applied": self.applied_index,
+                "records": self.records,
+                "kv": self.kv,
+                "exported": self.exported,
+            },
             use_bin_type=True,
         )
 
@@ -129,4 +157,5 @@ class PartitionState:
             raise ValueError(f"unsupported partition snapshot version {doc.get('v')!r}")
         self.records = list(doc["records"])
         self.kv = dict(doc["kv"])
+        self.exported = dict(doc.get("exported", {}))
         self.applied_index = doc["applied"]

@@ -14,6 +14,7 @@ import threading
 
 from broker import __version__
 from broker.config import BrokerConfig, dual_region_warnings
+from broker.exporters.runner import ExporterRunner
 from broker.gateway import Gateway
 from broker.management import ROUTES, ManagementServer
 from broker.metrics import BrokerMetrics
@@ -117,6 +118,8 @@ class Broker:
         )
         self.topology_manager = TopologyManager(self, self._static_topology)
         self.topology_manager.start()  # starts the partitions this broker hosts
+        self.exporters = ExporterRunner(self)
+        self.exporters.start()
         self.peers.start()
         self.started.set()
         log.info(
@@ -138,6 +141,7 @@ class Broker:
         if self.gateway_transport is not None:
             self.gateway_transport.stop()
         if self.started.is_set():
+            self.exporters.stop()
             self.topology_manager.stop()
             self.peers.stop()
             self.gateway.stop()
@@ -198,6 +202,15 @@ class Broker:
         except Exception:
             return False
         return bool(answer.get("ok") and answer.get("committed"))
+
+    def init_exporter(self, pid: int, exporter: str, source: str) -> bool:
+        """Commit, on the partition's leader, that ``exporter`` starts at ``source``'s position."""
+        body = {"op": "_export_init", "partition": pid, "exporter": exporter, "from": source}
+        try:
+            answer = self.link_to(self.node_id).request_async(body, timeout=2.0).result(3.0)
+        except Exception:
+            return False
+        return bool(answer.get("ok"))
 
     def rebalance(self) -> None:
         """Every partition's leader steps down unless it is the primary (async)."""
@@ -311,7 +324,8 @@ class Broker:
                 "processedPosition": s.get("lastPosition"),
                 "processedIndex": s.get("appliedIndex"),
                 "commitIndex": s.get("commit"),
-                "exportedPosition": None,
+                "exportedPosition": min(s.get("exported", {}).values(), default=None),
+                "exporters": s.get("exported", {}),
                 "snapshotId": f"{s.get('snapshotIndex')}" if s.get("snapshotIndex") else None,
                 "voters": s.get("voters"),
                 "health": s.get("health"),

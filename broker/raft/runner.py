@@ -310,6 +310,7 @@ class PartitionRunner:
             "snapshotIndex": node.log.snapshot_index,
             "appliedIndex": self.state.applied_index,
             "lastPosition": self.state.last_position,
+            "exported": dict(self.state.exported),
             "health": "healthy",
         }
 

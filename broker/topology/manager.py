@@ -189,6 +189,8 @@ class TopologyManager:
         name = op.operation
         if name in (t.BROKER_ADD, t.BROKER_REMOVE, t.BROKER_FORCE_REMOVE):
             return True
+        if name == t.PARTITION_ENABLE_EXPORTER and op.initialize_from:
+            return self.broker.init_exporter(op.partition_id, op.exporter_id, op.initialize_from)
         if name in (t.PARTITION_ENABLE_EXPORTER, t.PARTITION_DISABLE_EXPORTER):
             return True  # the exporters follow the configuration once it is applied
         if name == t.PARTITION_FORCE_RECONFIGURE:

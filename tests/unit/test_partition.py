@@ -107,3 +107,17 @@ def test_a_corrupt_tail_in_a_batch_keeps_the_commands_before_it():
 def test_restore_refuses_an_unknown_snapshot_version():
     with pytest.raises(ValueError, match="version"):
         PartitionState(1).restore(msgpack.packb({"v": 99}))
+
+
+def test_exporter_positions_only_move_forward_and_survive_snapshots():
+    s = PartitionState(1)
+    apply_all(s, *(sm.encode(sm.APPEND, b"r") for _ in range(5)))
+    apply_all(s, sm.encode(sm.EXPORTED, "region0", 3), sm.encode(sm.EXPORTED, "region0", 2))
+    assert s.exported == {"region0": 3}
+    apply_all(s, sm.encode(sm.EXPORTED, "region0", 99))
+    assert s.exported["region0"] == 5  # never beyond what exists
+    apply_all(s, sm.encode(sm.EXPORT_INIT, "region1", "region0"))
+    assert s.exported["region1"] == 5
+    t = PartitionState(1)
+    t.restore(s.snapshot())
+    assert t.exported == {"region0": 5, "region1": 5}
