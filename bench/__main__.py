@@ -14,7 +14,7 @@ import importlib
 from rich.console import Console
 from rich.table import Table
 
-SECTIONS = ["journal", "wire", "cluster"]
+SECTIONS = ["journal", "wire", "cluster", "failover"]
 
 
 def render(title: str, columns, rows: list[dict]) -> Table:
