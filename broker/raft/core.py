@@ -275,6 +275,9 @@ class RaftNode:
         self._become_follower(self.term, None)
         self._recompute_config()
         self.target_priority = self.config.max_priority
+        # The forced group has no leader by definition: poll at the next tick
+        # instead of waiting out a timeout (the priority order still holds).
+        self._election_elapsed = self._timeout
 
     def transfer_leadership(self, target: int) -> None:
         if self.role is not Role.LEADER:

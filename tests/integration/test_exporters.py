@@ -12,7 +12,7 @@ import pytest
 from broker.client import BrokerClient
 from broker.localcluster import LocalCluster, wait_for
 from tests.integration.test_cluster import FAST, write
-from tests.integration.test_failover_api import cluster_doc, completed, http
+from tests.integration.test_failover_api import cluster_doc, completed, everywhere, http
 
 
 def sink(directory: str) -> dict[int, list[tuple[int, str]]]:
@@ -77,6 +77,7 @@ def test_exporters_follow_the_configuration(exporting):
         status, doc = http(c, 1, "POST", "/actuator/exporters/region1/disable")
         assert status == 202, doc
         wait_for(lambda: completed(c, 0, doc["changeId"]), 20, "disable to complete")
+        everywhere(c, doc["changeId"])  # no leader may still think region1 is enabled
         assert exporter_states(c, 2) == {"region0": "ENABLED", "region1": "DISABLED"}
         before = sink(region1)
         more = write(client, 100, "b")
@@ -86,6 +87,7 @@ def test_exporters_follow_the_configuration(exporting):
 
         status, _ = http(c, 0, "POST", "/actuator/exporting/pause")
         assert status == 204
+        wait_for(lambda: cluster_doc(c, 3)["exportingPaused"], 10, "broker 3 to learn the pause")
         c.stop(3)
         c.start([3])  # the disabled exporter and the pause survive a restart
         assert exporter_states(c, 3)["region1"] == "DISABLED"
@@ -106,6 +108,7 @@ def test_exporters_follow_the_configuration(exporting):
         assert status == 202, doc
         assert all(op["initializeFrom"] == "region0" for op in doc["plannedChanges"])
         wait_for(lambda: completed(c, 0, doc["changeId"]), 20, "enable to complete")
+        everywhere(c, doc["changeId"])
         assert http(c, 0, "POST", "/actuator/exporting/resume")[0] == 204
         acked.update(write(client, 50, "d"))
         wait_for(lambda: complete_in_order(region1, acked), 20, "region1 complete and in order")

@@ -41,6 +41,12 @@ def completed(c: LocalCluster, node: int, change_id: int) -> bool:
     return doc["pendingChange"] is None and last is not None and last["id"] >= change_id
 
 
+def everywhere(c: LocalCluster, change_id: int, timeout: float = 20) -> None:
+    """Wait until every running broker holds the completed change (gossip takes ~1 s)."""
+    for n in c.running():
+        wait_for(lambda n=n: completed(c, n, change_id), timeout, f"broker {n} to have it")
+
+
 def replicas(doc: dict) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {}
     for b in doc["brokers"]:
@@ -96,6 +102,7 @@ def test_region_loss_force_remove_then_add_back(dual):
     retry_status, retry = http(c, 2, "POST", "/actuator/cluster/brokers?force=true", [0, 2])
     assert retry_status == 202 and retry["changeId"] == change  # idempotent, not a 409
     wait_for(lambda: completed(c, 0, change), 30, "the forced change to complete")
+    everywhere(c, change)
     doc = cluster_doc(c, 2)
     assert doc["lastChange"]["status"] == "COMPLETED"
     assert all(r == {0, 2} for r in replicas(doc).values())
@@ -116,6 +123,7 @@ def test_region_loss_force_remove_then_add_back(dual):
     assert status == 202, doc
     assert {op["operation"] for op in doc["plannedChanges"]} == {"BROKER_ADD", "PARTITION_JOIN"}
     wait_for(lambda: completed(c, 0, doc["changeId"]), 60, "the scale-up to complete")
+    everywhere(c, doc["changeId"])
     final = cluster_doc(c, 0)
     assert all(r == {0, 1, 2, 3} for r in replicas(final).values())
 
