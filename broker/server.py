@@ -17,8 +17,9 @@ from broker.config import BrokerConfig, dual_region_warnings
 from broker.exporters.runner import ExporterRunner
 from broker.gateway import Gateway
 from broker.management import ROUTES, ManagementServer
+from broker.membership.runner import SwimMembership
 from broker.metrics import BrokerMetrics
-from broker.peers import Member, PeerDirectory
+from broker.peers import Member
 from broker.raft.core import RaftConfig
 from broker.raft.messages import Configuration
 from broker.raft.runner import PartitionRunner
@@ -41,6 +42,15 @@ def raft_settings(cfg: BrokerConfig) -> tuple[RaftConfig, float]:
         snapshot_chunk_size=min(1 << 20, cfg.network.max_frame_size // 2),
     )
     return core, r.heartbeat_interval
+
+
+def _role(info: dict, alive: bool, newest_leader_term: int) -> str:
+    """A member's role as far as we know it. A leadership claim older than another
+    leader's term is superseded (its broker is gone or has not heard yet)."""
+    role = info.get("role", "inactive") if alive else "inactive"
+    if role == "leader" and info.get("term", 0) < newest_leader_term:
+        return "inactive"
+    return role
 
 
 class Broker:
@@ -100,7 +110,8 @@ class Broker:
         )
         self.management.start()
         advertised = cfg.network.effective_advertised_host
-        self.peers = PeerDirectory(
+        m = c.membership
+        self.peers = SwimMembership(
             Member(
                 self.node_id,
                 region=c.region,
@@ -113,8 +124,13 @@ class Broker:
             self.internal,
             c.cluster_name,
             self._local_partitions,
-            interval=c.membership.gossip_interval,
-            failure_timeout=c.membership.failure_timeout,
+            interval=m.gossip_interval,
+            failure_timeout=m.failure_timeout,
+            gossip_fanout=m.gossip_fanout,
+            probe_interval=m.probe_interval,
+            probe_timeout=m.probe_timeout,
+            suspect_probes=m.suspect_probes,
+            sync_interval=m.sync_interval,
         )
         self.topology_manager = TopologyManager(self, self._static_topology)
         self.topology_manager.start()  # starts the partitions this broker hosts
@@ -283,6 +299,12 @@ class Broker:
         brokers = []
         members = dict(self.peers.members) if self.started.is_set() else {}
         members[self.node_id] = members.get(self.node_id) or Member(self.node_id)
+        newest: dict[int, int] = {}  # partition -> highest term claimed by a leader
+        for node_id, m in members.items():
+            parts = self._local_partitions() if node_id == self.node_id else m.partitions
+            for pid, info in parts.items():
+                if info.get("role") == "leader":
+                    newest[pid] = max(newest.get(pid, 0), info.get("term", 0))
         for node_id in sorted(members):
             m = members[node_id]
             alive = self.peers.alive(node_id) if self.started.is_set() else node_id == self.node_id
@@ -297,7 +319,7 @@ class Broker:
                     "partitions": [
                         {
                             "partitionId": pid,
-                            "role": info.get("role", "inactive") if alive else "inactive",
+                            "role": _role(info, alive, newest.get(pid, 0)),
                             "health": info.get("health", "unhealthy") if alive else "dead",
                             "term": info.get("term", 0),
                         }

@@ -17,7 +17,18 @@ import pytest
 from broker.client import BrokerClient, Unavailable
 from broker.localcluster import LocalCluster, wait_for
 
-FAST = {"cluster": {"raft": {"electionTimeout": "500ms", "heartbeatInterval": "50ms"}}}
+FAST = {
+    "cluster": {
+        "raft": {"electionTimeout": "500ms", "heartbeatInterval": "50ms"},
+        "membership": {
+            "gossipInterval": "100ms",
+            "probeInterval": "200ms",
+            "probeTimeout": "100ms",
+            "failureTimeout": "1s",
+            "syncInterval": "2s",
+        },
+    }
+}
 
 
 def write(client: BrokerClient, n: int, prefix: str, partition: int | None = None) -> dict:
