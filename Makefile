@@ -42,7 +42,7 @@ lint: setup
 	$(PY) -m ruff format --check .
 
 test: setup lint
-	$(PY) -m pytest -n 2 -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 	$(PY) -m tests.sim.run --seeds $(SIM_SEEDS) --jobs 2
 
 sim: setup
