@@ -65,7 +65,23 @@ def dual(tmp_path):
     c.stop_all()
 
 
-def test_region_loss_force_remove_then_add_back(dual):
+def force_remove(c: LocalCluster, node: int, api: str, extra: str = ""):
+    """Force region1 (brokers 1 and 3) out, in the 8.6/8.7 or the 8.8+ form."""
+    if api == "post":
+        return http(c, node, "POST", f"/actuator/cluster/brokers?force=true{extra}", ["0", "2"])
+    body = {"brokers": {"remove": [1, 3]}}
+    return http(c, node, "PATCH", f"/actuator/cluster?force=true{extra}", body)
+
+
+def add_back(c: LocalCluster, node: int, api: str):
+    if api == "post":
+        return http(c, node, "POST", "/actuator/cluster/brokers?replicationFactor=4", [0, 1, 2, 3])
+    body = {"brokers": {"add": [1, 3]}, "partitions": {"replicationFactor": 4}}
+    return http(c, node, "PATCH", "/actuator/cluster", body)
+
+
+@pytest.mark.parametrize("api", ["post", "patch"])
+def test_region_loss_force_remove_then_add_back(dual, api):
     c = dual
     c.start()
     c.wait_leaders()
@@ -74,7 +90,7 @@ def test_region_loss_force_remove_then_add_back(dual):
     assert len(acked) == 200
 
     # a healthy region cannot be forced out by mistake
-    status, doc = http(c, 0, "POST", "/actuator/cluster/brokers?force=true", ["0", "2"])
+    status, doc = force_remove(c, 0, api)
     assert status == 400 and "reachable" in doc["message"]
     assert cluster_doc(c, 0)["pendingChange"] is None
 
@@ -87,26 +103,24 @@ def test_region_loss_force_remove_then_add_back(dual):
 
     # force-remove it (8.6/8.7 form: ids as numeric strings)
     wait_for(
-        lambda: (
-            http(c, 0, "POST", "/actuator/cluster/brokers?force=true&dryRun=true", [0, 2])[0] == 200
-        ),
+        lambda: force_remove(c, 0, api, "&dryRun=true")[0] == 200,
         15,
         "region1 to be seen as unreachable",
     )
-    status, doc = http(c, 0, "POST", "/actuator/cluster/brokers?force=true", ["0", "2"])
+    status, doc = force_remove(c, 0, api)
     assert status == 202, doc
     ops = [op["operation"] for op in doc["plannedChanges"]]
     assert ops.count("PARTITION_FORCE_RECONFIGURE") == 4
     assert ops.count("BROKER_FORCE_REMOVE") == 2
     change = doc["changeId"]
-    retry_status, retry = http(c, 2, "POST", "/actuator/cluster/brokers?force=true", [0, 2])
+    retry_status, retry = force_remove(c, 2, api)
     assert retry_status == 202 and retry["changeId"] == change  # idempotent, not a 409
     wait_for(lambda: completed(c, 0, change), 30, "the forced change to complete")
     everywhere(c, change)
     doc = cluster_doc(c, 2)
     assert doc["lastChange"]["status"] == "COMPLETED"
     assert all(r == {0, 2} for r in replicas(doc).values())
-    again_status, again = http(c, 0, "POST", "/actuator/cluster/brokers?force=true", [0, 2])
+    again_status, again = force_remove(c, 0, api)
     assert again_status == 202 and again["plannedChanges"] == []
     assert cluster_doc(c, 0)["version"] == doc["version"]  # nothing applied twice
 
@@ -119,7 +133,7 @@ def test_region_loss_force_remove_then_add_back(dual):
     for n in (1, 3):
         shutil.rmtree(c.data_dir(n))
     c.start([1, 3])
-    status, doc = http(c, 0, "POST", "/actuator/cluster/brokers?replicationFactor=4", [0, 1, 2, 3])
+    status, doc = add_back(c, 0, api)
     assert status == 202, doc
     assert {op["operation"] for op in doc["plannedChanges"]} == {"BROKER_ADD", "PARTITION_JOIN"}
     wait_for(lambda: completed(c, 0, doc["changeId"]), 60, "the scale-up to complete")
@@ -142,11 +156,18 @@ def test_region_loss_force_remove_then_add_back(dual):
 
     wait_for(caught_up, 60, "brokers 1 and 3 to catch up")
 
-    # the configuration survives a restart, from disk
+    # the configuration survives a restart, from disk; a corrupt copy is replaced by a peer's
     version = final["version"]
     c.stop(2)
     c.start([2])
     assert cluster_doc(c, 2)["version"] >= version
+    c.stop(2)
+    with open(f"{c.data_dir(2)}/topology.json", "r+b") as f:
+        f.seek(40)
+        f.write(b"garbage")
+    c.start([2])
+    wait_for(lambda: cluster_doc(c, 2)["version"] >= version, 15, "broker 2 to recover it")
+    assert "unusable topology file" in c.log_tail(2, 400)
     c.kill(0)  # region0 down to one broker: with RF 4 restored, quorum needs region1 too
     with BrokerClient(c.gateways([1, 2, 3]), timeout=10) as client:
         c.wait_leaders(exclude=[0])
