@@ -1,18 +1,26 @@
-"""brokerctl's data commands: append, read, put, get, cas, status, bench.
+"""brokerctl's commands: the data commands (append, read, put, get, cas,
+status, bench) over the gateway, and ``cluster ...`` / ``exporters ...`` over
+the management API (DESIGN section 5).
 
 Each command takes the parsed arguments and returns the exit code: 0 done
-(for writes: committed), 1 the request failed (``brokerctl: CODE: message``
-on stderr), 2 bad usage.
+(for writes: committed), 1 the request failed or the API refused it
+(``brokerctl: CODE: message`` or ``brokerctl: HTTP STATUS: message`` on
+stderr), 2 bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
 
 from broker.client import (
     DEFAULT_ADDRESS,
@@ -24,6 +32,11 @@ from broker.client import (
 )
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:9600"
+# How often --wait polls the cluster configuration, and how long it waits by default.
+WAIT_POLL_INTERVAL = 0.2
+DEFAULT_WAIT_TIMEOUT = 300.0
+# The management part of `status` is optional: it never holds the command up for long.
+STATUS_MANAGEMENT_TIMEOUT = 3.0
 
 
 def _positive(text: str) -> float:
@@ -54,6 +67,50 @@ def _addresses(text: str) -> str:
     return text
 
 
+def parse_management_urls(text: str) -> list[str]:
+    """``URL[,URL...]`` as base URLs; ``HOST:PORT`` means ``http://HOST:PORT``."""
+    urls = []
+    for part in text.split(","):
+        part = part.strip().rstrip("/")
+        if not part:
+            continue
+        if "://" not in part:
+            part = "http://" + part
+        split = urllib.parse.urlsplit(part)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"not an http(s) URL: {part!r}")
+        try:
+            _ = split.port  # raises ValueError for a bad port
+        except ValueError:
+            raise ValueError(f"bad port in {part!r}") from None
+        urls.append(part)
+    if not urls:
+        raise ValueError("no management URL given")
+    return urls
+
+
+def _management_urls(text: str) -> str:
+    try:
+        parse_management_urls(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _broker_id(text: str) -> int:
+    if not (text.isascii() and text.isdigit()):
+        raise argparse.ArgumentTypeError(f"not a broker id: {text!r}")
+    return int(text)
+
+
+def _broker_ids(text: str) -> list[int]:
+    """``0,1,2,3`` as a list of broker ids."""
+    ids = [_broker_id(part.strip()) for part in text.split(",") if part.strip()]
+    if not ids:
+        raise argparse.ArgumentTypeError("expected broker ids like 0,1,2,3")
+    return ids
+
+
 def _connection_options(parser: argparse.ArgumentParser, default) -> None:
     def pick(value):
         return value if default is None else default
@@ -81,9 +138,18 @@ def _connection_options(parser: argparse.ArgumentParser, default) -> None:
     )
     parser.add_argument(
         "--management",
-        default=pick(DEFAULT_MANAGEMENT),
-        metavar="URL",
-        help=f"management API of a broker (default: {DEFAULT_MANAGEMENT})",
+        type=_management_urls,
+        default=pick(os.environ.get("BROKER_MANAGEMENT", DEFAULT_MANAGEMENT)),
+        metavar="URL[,URL]",
+        help="management API of one or more brokers; the first that answers is used "
+        f"(default: $BROKER_MANAGEMENT or {DEFAULT_MANAGEMENT})",
+    )
+    parser.add_argument(
+        "--management-token",
+        default=pick(os.environ.get("BROKER_MANAGEMENT_TOKEN")),
+        metavar="TOKEN",
+        help="bearer token for the management API, when the brokers set management.token "
+        "(default: $BROKER_MANAGEMENT_TOKEN)",
     )
 
 
@@ -191,6 +257,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(topology, indent=2, sort_keys=True))
         return 0
     print_status(topology)
+    print_management_summary(args)
     return 0
 
 
@@ -307,6 +374,352 @@ def _bench_report(sent, latencies, errors, elapsed, size) -> dict:
     }
 
 
+# --- management API -----------------------------------------------------------
+
+
+class ManagementError(Exception):
+    """A management request failed: refused by the API (``status`` set) or unreachable."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return message if self.status is None else f"HTTP {self.status}: {message}"
+
+
+class ManagementClient:
+    """JSON over HTTP to the first of several brokers' management APIs that answers.
+
+    An HTTP error answer counts as an answer (it is the cluster's reply). A
+    request that could not be delivered moves on to the next URL; so does a
+    read that got no answer, but a change that got none is reported rather than
+    sent again elsewhere. The URL that answered is tried first from then on.
+    """
+
+    def __init__(self, urls: str, timeout: float, token: str | None = None):
+        self.urls = parse_management_urls(urls)
+        self.timeout = timeout
+        self.token = token
+
+    def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        """The parsed answer (None for an empty one); raises ManagementError."""
+        # None and False are left out: the API's defaults.
+        params = {
+            k: "true" if v is True else str(v)
+            for k, v in query.items()
+            if v is not None and v is not False
+        }
+        target = path + ("?" + urllib.parse.urlencode(params) if params else "")
+        data = json.dumps(body).encode() if body is not None else None
+        failures = []
+        for url in list(self.urls):
+            request = urllib.request.Request(url + target, data=data, method=method)
+            if data is not None:
+                request.add_header("Content-Type", "application/json")
+            if self.token:
+                request.add_header("Authorization", f"Bearer {self.token}")
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    status, raw = response.status, response.read()
+            except urllib.error.HTTPError as e:
+                status, raw = e.code, e.read()
+            except urllib.error.URLError as e:  # not delivered (refused, no route): next one
+                failures.append(f"{url}: {e.reason}")
+                continue
+            except (OSError, http.client.HTTPException) as e:  # delivered, but no answer
+                if method == "GET":
+                    failures.append(f"{url}: {e!r}")
+                    continue
+                raise ManagementError(
+                    f"no answer from {url} to {method} {path} ({e!r}); it may have been "
+                    "applied: check with `brokerctl cluster show` before repeating it"
+                ) from None
+            self.urls.remove(url)
+            self.urls.insert(0, url)
+            return self._answer(status, raw, f"{method} {url}{path}")
+        raise ManagementError("management API unreachable: " + "; ".join(failures))
+
+    @staticmethod
+    def _answer(status: int, raw: bytes, what: str) -> Any:
+        try:
+            doc = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            raise ManagementError(f"{what} answered {status} with a non-JSON body") from None
+        if status >= 400:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise ManagementError(message or f"{what} failed", status)
+        return doc
+
+
+def _management(args: argparse.Namespace, timeout: float | None = None) -> ManagementClient:
+    return ManagementClient(args.management, timeout or args.timeout, args.management_token)
+
+
+def _api_command(func):
+    """Runs a management command; an API refusal or an unreachable API is exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return func(args, _management(args))
+        except ManagementError as e:
+            print(f"brokerctl: {e}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def format_table(headers: list[str], rows: list[list[Any]]) -> str:
+    """Left-aligned columns, two spaces apart, no trailing blanks."""
+    cells = [headers, *[["" if c is None else str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_operations(ops: list[dict]) -> str:
+    rows = []
+    for n, op in enumerate(ops, 1):
+        details = []
+        if "brokers" in op:
+            details.append("brokers=" + ",".join(map(str, op["brokers"])))
+        if "exporterId" in op:
+            details.append(f"exporter={op['exporterId']}")
+        if "initializeFrom" in op:
+            details.append(f"initializeFrom={op['initializeFrom']}")
+        rows.append(
+            [
+                n,
+                op["operation"],
+                op["brokerId"],
+                op.get("partitionId"),
+                op.get("priority"),
+                " ".join(details),
+            ]
+        )
+    return format_table(["#", "OPERATION", "BROKER", "PARTITION", "PRIORITY", "DETAILS"], rows)
+
+
+def describe_pending(change: dict | None) -> str:
+    """``Pending change: none`` or its id, status and progress (k of n operations)."""
+    if not change:
+        return "Pending change: none"
+    done, todo = change.get("completed", []), change.get("pending", [])
+    line = (
+        f"Pending change: {change['id']} {change['status']}, "
+        f"{len(done)} of {len(done) + len(todo)} operations completed"
+    )
+    if todo:
+        nxt = todo[0]
+        where = f" partition {nxt['partitionId']}" if "partitionId" in nxt else ""
+        line += f"; next: {nxt['operation']} on broker {nxt['brokerId']}{where}"
+    return line
+
+
+def describe_last(change: dict | None) -> str:
+    if not change:
+        return "Last change: none"
+    line = f"Last change: {change['id']} {change['status']}, started {change['startedAt']}"
+    if change.get("completedAt"):
+        line += f", completed {change['completedAt']}"
+    return line
+
+
+def print_cluster(doc: dict) -> None:
+    """The cluster configuration: version, brokers with state and partitions, changes."""
+    print(f"Topology version: {doc['version']}")
+    print(f"Cluster id: {doc.get('clusterId', '?')}")
+    if doc.get("exportingPaused"):
+        print("Exporting: paused")
+    rows = []
+    for b in sorted(doc["brokers"], key=lambda b: b["id"]):
+        parts = [
+            f"{p['id']}:{p['priority']}" + ("" if p["state"] == "ACTIVE" else f"({p['state']})")
+            for p in sorted(b["partitions"], key=lambda p: p["id"])
+        ]
+        rows.append([b["id"], b["state"], b["version"], " ".join(parts) or "-"])
+    print(format_table(["BROKER", "STATE", "VERSION", "PARTITIONS (id:priority)"], rows))
+    print(describe_last(doc.get("lastChange")))
+    print(describe_pending(doc.get("pendingChange")))
+
+
+@_api_command
+def cmd_cluster_show(args: argparse.Namespace, api: ManagementClient) -> int:
+    doc = api.call("GET", "/actuator/cluster")
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_cluster(doc)
+    return 0
+
+
+def _submit_change(
+    args: argparse.Namespace, api: ManagementClient, method: str, path: str, body=None, **query
+) -> int:
+    """Send a change request; print its plan; with --wait follow it to the end."""
+    answer = api.call(method, path, body, dryRun=args.dry_run, **query)
+    ops = answer.get("plannedChanges", [])
+    if args.dry_run:
+        print(f"Dry run: {len(ops)} operations planned, nothing applied")
+    else:
+        print(f"Change {answer['changeId']} accepted: {len(ops)} operations planned")
+    if ops:
+        print(format_operations(ops))
+    if args.wait and not args.dry_run:
+        return wait_for_change(api, answer["changeId"], args.wait_timeout)
+    return 0
+
+
+def wait_for_change(api: ManagementClient, change_id: int, timeout: float) -> int:
+    """Poll until ``change_id`` is the completed last change (progress on stderr).
+
+    Changes run one at a time, so a later last change means ours is done too.
+    """
+    deadline = time.monotonic() + timeout
+    progress = None
+    while True:
+        doc = api.call("GET", "/actuator/cluster")
+        pending, last = doc.get("pendingChange"), doc.get("lastChange")
+        if pending and pending["id"] == change_id:
+            done = len(pending["completed"])
+            now = (done, done + len(pending["pending"]))
+            if now != progress:
+                progress = now
+                print(
+                    f"change {change_id}: {now[0]} of {now[1]} operations completed",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        elif last and last["id"] >= change_id:
+            if last["id"] == change_id and last["status"] != "COMPLETED":
+                raise ManagementError(f"change {change_id} ended {last['status']}")
+            print(f"Change {change_id} COMPLETED")
+            return 0
+        if time.monotonic() >= deadline:
+            where = f" ({progress[0]} of {progress[1]} operations completed)" if progress else ""
+            raise ManagementError(
+                f"timed out after {timeout:g}s waiting for change {change_id}{where}"
+            )
+        time.sleep(WAIT_POLL_INTERVAL)
+
+
+def _patch_body(add=(), remove=(), rf: int | None = None) -> dict:
+    body: dict[str, Any] = {"brokers": {}}
+    if add:
+        body["brokers"]["add"] = list(add)
+    if remove:
+        body["brokers"]["remove"] = list(remove)
+    if rf is not None:
+        body["partitions"] = {"replicationFactor": rf}
+    return body
+
+
+@_api_command
+def cmd_cluster_add(args: argparse.Namespace, api: ManagementClient) -> int:
+    body = _patch_body(add=args.ids, rf=args.replication_factor)
+    return _submit_change(args, api, "PATCH", "/actuator/cluster", body)
+
+
+@_api_command
+def cmd_cluster_remove(args: argparse.Namespace, api: ManagementClient) -> int:
+    body = _patch_body(remove=args.ids, rf=args.replication_factor)
+    return _submit_change(args, api, "PATCH", "/actuator/cluster", body)
+
+
+@_api_command
+def cmd_cluster_scale(args: argparse.Namespace, api: ManagementClient) -> int:
+    return _submit_change(
+        args,
+        api,
+        "POST",
+        "/actuator/cluster/brokers",
+        sorted(set(args.brokers)),
+        replicationFactor=args.replication_factor,
+    )
+
+
+@_api_command
+def cmd_cluster_force_remove(args: argparse.Namespace, api: ManagementClient) -> int:
+    members = {b["id"]: b["state"] for b in api.call("GET", "/actuator/cluster")["brokers"]}
+    unknown = sorted(set(args.ids) - members.keys())
+    if unknown:
+        args.parser.error(f"brokers {unknown} are not members (members: {sorted(members)})")
+    left = sorted(i for i in set(args.ids) if members[i] == "LEFT")
+    if left:
+        print(f"brokerctl: brokers {left} have already left", file=sys.stderr)
+    retained = sorted(m for m, state in members.items() if state != "LEFT" and m not in args.ids)
+    if not retained:
+        args.parser.error("a forced removal must retain at least one broker")
+    print(f"Retaining brokers {retained}; force-removing {sorted(set(args.ids))}")
+    try:
+        return _submit_change(
+            args,
+            api,
+            "POST",
+            "/actuator/cluster/brokers",
+            retained,
+            force=True,
+            allowRemovingReachableBrokers=args.allow_removing_reachable_brokers,
+        )
+    except ManagementError as e:
+        if "allowRemovingReachableBrokers" in str(e):  # the API's guard names its override
+            e.args = (f"{e.args[0]} (brokerctl: --allow-removing-reachable-brokers)",)
+        raise
+
+
+@_api_command
+def cmd_exporters_list(args: argparse.Namespace, api: ManagementClient) -> int:
+    exporters = api.call("GET", "/actuator/exporters")
+    if args.json:
+        print(json.dumps(exporters, indent=2))
+    elif not exporters:
+        print("No exporters configured")
+    else:
+        rows = [[e["exporterId"], e["status"]] for e in exporters]
+        print(format_table(["EXPORTER", "STATUS"], rows))
+    return 0
+
+
+@_api_command
+def cmd_exporters_enable(args: argparse.Namespace, api: ManagementClient) -> int:
+    body = {"initializeFrom": args.initialize_from} if args.initialize_from else None
+    path = f"/actuator/exporters/{urllib.parse.quote(args.id, safe='')}/enable"
+    return _submit_change(args, api, "POST", path, body)
+
+
+@_api_command
+def cmd_exporters_disable(args: argparse.Namespace, api: ManagementClient) -> int:
+    path = f"/actuator/exporters/{urllib.parse.quote(args.id, safe='')}/disable"
+    return _submit_change(args, api, "POST", path)
+
+
+def _exporting(action: str):
+    @_api_command
+    def run(args: argparse.Namespace, api: ManagementClient) -> int:
+        api.call("POST", f"/actuator/exporting/{action}")
+        print(f"Exporting {'paused' if action == 'pause' else 'resumed'}")
+        return 0
+
+    return run
+
+
+def print_management_summary(args: argparse.Namespace) -> None:
+    """Topology version, pending change and exporters, or one line saying why not."""
+    try:
+        api = _management(args, min(args.timeout, STATUS_MANAGEMENT_TIMEOUT))
+        cluster = api.call("GET", "/actuator/cluster")
+        exporters = api.call("GET", "/actuator/exporters")
+    except ManagementError as e:
+        print(f"Management API: not available ({e})")
+        return
+    print(f"Topology version: {cluster['version']}")
+    print(describe_pending(cluster.get("pendingChange")))
+    states = ", ".join(f"{e['exporterId']} {e['status']}" for e in exporters) or "none"
+    paused = " (exporting paused)" if cluster.get("exportingPaused") else ""
+    print(f"Exporters: {states}{paused}")
+
+
 # --- parser -------------------------------------------------------------------
 
 
@@ -317,9 +730,13 @@ def register(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, argparse.SUPPRESS)
 
-    def add(name: str, func, help: str, description: str | None = None, **kw):
-        p = subparsers.add_parser(
-            name, parents=[common], help=help, description=description or help, **kw
+    def add(name: str, func, help: str, description: str | None = None, *, under=None, **kw):
+        p = (under or subparsers).add_parser(
+            name,
+            parents=[common, *kw.pop("parents", [])],
+            help=help,
+            description=description or help,
+            **kw,
         )
         p.set_defaults(func=func, parser=p)
         return p
@@ -405,3 +822,151 @@ def register(subparsers) -> None:
         help="send at most R records/s, paced (default: as fast as --inflight allows)",
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+    _register_management(add, common)
+
+
+def _register_management(add, common: argparse.ArgumentParser) -> None:
+    """``cluster ...`` and ``exporters ...``: the management API commands."""
+    change = argparse.ArgumentParser(add_help=False)
+    mode = change.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only plan the change and print the operations; apply nothing",
+    )
+    mode.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the change until it is COMPLETED, printing progress on stderr "
+        "(exit 1 if it fails or --wait-timeout passes)",
+    )
+    change.add_argument(
+        "--wait-timeout",
+        type=_positive,
+        default=DEFAULT_WAIT_TIMEOUT,
+        metavar="S",
+        help=f"give up waiting after S seconds (default: {DEFAULT_WAIT_TIMEOUT:g})",
+    )
+    rf = argparse.ArgumentParser(add_help=False)
+    rf.add_argument(
+        "--replication-factor",
+        type=_count,
+        metavar="N",
+        help="also change the replication factor to N (default: keep it)",
+    )
+
+    def group(name: str, help: str, description: str):
+        p = add(name, None, help, description)
+        return p.add_subparsers(dest=f"{name}_action", required=True, metavar="ACTION")
+
+    cluster = group(
+        "cluster",
+        "show and change the cluster topology (management API)",
+        "Show and change the cluster configuration through the management API (--management, "
+        "several URLs comma-separated: the first that answers is used). Changes print the "
+        "planned operations. Exit 0 done, 1 the API refused (its message on stderr), was "
+        "unreachable, or the change failed or timed out, 2 bad usage.",
+    )
+    p = add(
+        "show",
+        cmd_cluster_show,
+        "topology version, brokers with state and partitions, last and pending change",
+        under=cluster,
+    )
+    p.add_argument("--json", action="store_true", help="print the GET /actuator/cluster document")
+
+    p = add(
+        "add",
+        cmd_cluster_add,
+        "add brokers; partitions are redistributed over the active brokers and the new ones",
+        "Add brokers (PATCH /actuator/cluster brokers.add). The brokers must be running "
+        "for the change to complete.",
+        under=cluster,
+        parents=[change, rf],
+    )
+    p.add_argument("ids", nargs="+", type=_broker_id, metavar="ID", help="brokers to add")
+
+    p = add(
+        "remove",
+        cmd_cluster_remove,
+        "remove brokers; their partitions move to the remaining brokers first",
+        "Remove running brokers (PATCH /actuator/cluster brokers.remove). For brokers that "
+        "are gone (a lost region) use force-remove.",
+        under=cluster,
+        parents=[change, rf],
+    )
+    p.add_argument("ids", nargs="+", type=_broker_id, metavar="ID", help="brokers to remove")
+
+    p = add(
+        "scale",
+        cmd_cluster_scale,
+        "reconfigure the cluster to exactly the given brokers",
+        "Redistribute the partitions over exactly --brokers (POST /actuator/cluster/brokers): "
+        "missing brokers are added, others removed. Used for failback: "
+        "scale --brokers 0,1,2,3,4,5,6,7 --replication-factor 4.",
+        under=cluster,
+        parents=[change, rf],
+    )
+    p.add_argument(
+        "--brokers",
+        type=_broker_ids,
+        required=True,
+        metavar="ID,ID,...",
+        help="the brokers the cluster should consist of",
+    )
+
+    p = add(
+        "force-remove",
+        cmd_cluster_force_remove,
+        "force out brokers that are gone (region failover); moves no data",
+        "Force-remove the given brokers: posts the active brokers minus these as the "
+        "retained set with force=true (POST /actuator/cluster/brokers?force=true). Each "
+        "partition's replica set shrinks to its retained members. The API refuses to "
+        "force out brokers it can still reach; retrying the same command is safe.",
+        under=cluster,
+        parents=[change],
+    )
+    p.add_argument(
+        "ids", nargs="+", type=_broker_id, metavar="ID", help="the lost brokers to force out"
+    )
+    p.add_argument(
+        "--allow-removing-reachable-brokers",
+        action="store_true",
+        help="override the guard against forcing out brokers that are still reachable "
+        "(forcing out live brokers is how a surviving region gets removed by mistake)",
+    )
+
+    exporters = group(
+        "exporters",
+        "list, enable and disable exporters; pause and resume exporting",
+        "Exporters through the management API. enable and disable are topology changes "
+        "(--dry-run, --wait); pause and resume take effect at once.",
+    )
+    p = add("list", cmd_exporters_list, "every exporter and its state", under=exporters)
+    p.add_argument("--json", action="store_true", help="print the GET /actuator/exporters list")
+    p = add(
+        "enable",
+        cmd_exporters_enable,
+        "enable an exporter on every partition",
+        "Enable exporter ID. With --initialize-from it starts where that exporter is "
+        "(failback, after restoring its sink from the other one's).",
+        under=exporters,
+        parents=[change],
+    )
+    p.add_argument("id", metavar="ID", help="the exporter to enable")
+    p.add_argument(
+        "--initialize-from",
+        metavar="ID",
+        help="start at the position exporter ID has reached",
+    )
+    p = add(
+        "disable",
+        cmd_exporters_disable,
+        "disable an exporter on every partition (failover: the lost region's)",
+        under=exporters,
+        parents=[change],
+    )
+    p.add_argument("id", metavar="ID", help="the exporter to disable")
+    add("pause", _exporting("pause"), "pause exporting cluster-wide", under=exporters)
+    add("resume", _exporting("resume"), "resume exporting", under=exporters)
