@@ -327,11 +327,17 @@ class Broker:
                     ],
                 }
             )
+        live = getattr(self, "topology_manager", None)  # the configuration, once running
+        if live is not None:
+            cluster_size = len(live.config.active_members())
+            replication_factor = live.config.replication_factor()
+        else:
+            cluster_size, replication_factor = c.cluster_size, c.replication_factor
         return {
             "brokers": brokers,
-            "clusterSize": c.cluster_size,
+            "clusterSize": cluster_size,
             "partitionsCount": c.partitions_count,
-            "replicationFactor": c.replication_factor,
+            "replicationFactor": replication_factor,
             "gatewayVersion": __version__,
         }
 

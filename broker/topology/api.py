@@ -17,6 +17,7 @@ Guards against the known field failures:
 from __future__ import annotations
 
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from broker.management import (
@@ -96,7 +97,7 @@ def _forward_or_none(source, req: Request, coordinator: int) -> Response | None:
         raise HttpError(503, f"the coordinator, broker {coordinator}, is not reachable")
     url = f"http://{member.host}:{member.management_port}{req.path}"
     if req.query:
-        url += "?" + "&".join(f"{k}={v}" for k, vs in req.query.items() for v in vs)
+        url += "?" + urllib.parse.urlencode([(k, v) for k, vs in req.query.items() for v in vs])
     fwd = urllib.request.Request(url, data=req.body or None, method=req.method)
     fwd.add_header("Content-Type", "application/json")
     if source.cfg.management.token:
@@ -186,6 +187,13 @@ def patch_cluster(source, req: Request) -> Response:
     partitions = body.get("partitions") or {}
     if not isinstance(brokers, dict) or not isinstance(partitions, dict):
         raise HttpError(400, "'brokers' and 'partitions' must be JSON objects")
+    unknown = [f"{k}" for k in body if k not in ("brokers", "partitions")]
+    unknown += [f"brokers.{k}" for k in brokers if k not in ("add", "remove", "count")]
+    unknown += [f"partitions.{k}" for k in partitions if k != "replicationFactor"]
+    if unknown:
+        raise HttpError(400, f"unsupported fields: {', '.join(unknown)}")
+    if "count" in brokers and ("add" in brokers or "remove" in brokers):
+        raise HttpError(400, "brokers.count cannot be combined with brokers.add or remove")
     cfg = source.topology_manager.config
     add = _ids(brokers.get("add", []), "brokers.add")
     remove = _ids(brokers.get("remove", []), "brokers.remove")
