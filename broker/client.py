@@ -32,16 +32,11 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple
 
 from broker.partition import key_partition
-from broker.transport import RECV_SIZE, HandshakeRejected, recv_frame
+from broker.transport import RECV_SIZE, connect_client
 from broker.wire import (
     HEADER_SIZE,
     MAX_FRAME_SIZE,
-    PROTOCOL_VERSION,
-    ROLE_CLIENT,
     FrameDecoder,
-    Hello,
-    HelloOk,
-    HelloReject,
     ProtocolError,
     Request,
     Response,
@@ -212,18 +207,7 @@ class _Connection:
         self.address = address
         self._on_lost = on_lost
         self._decoder = FrameDecoder(MAX_FRAME_SIZE)
-        sock = socket.create_connection(address, timeout=connect_timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
-            reply = recv_frame(sock, self._decoder)
-            if type(reply) is HelloReject:
-                raise HandshakeRejected(reply.reason)
-            if type(reply) is not HelloOk:
-                raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
-        except BaseException:
-            sock.close()
-            raise
+        sock, _ = connect_client(address, cluster_name, connect_timeout, self._decoder)
         # Bounds a write to a gateway that stopped reading; the reader treats
         # the same timeout as idleness.
         sock.settimeout(io_timeout)

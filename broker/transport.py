@@ -665,6 +665,35 @@ class _Peer:
         )
 
 
+def connect_client(
+    address: tuple[str, int],
+    cluster_name: str,
+    timeout: float,
+    decoder: FrameDecoder,
+    ssl_context: ssl.SSLContext | None = None,
+) -> tuple[socket.socket, int]:
+    """Connect and do the client handshake; returns the socket and the node's id.
+
+    Raises HandshakeRejected (with the node's reason), ProtocolError or OSError.
+    """
+    sock = socket.create_connection(address, timeout=timeout)
+    try:
+        _nodelay(sock)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=address[0])
+        sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
+        reply = recv_frame(sock, decoder)
+        if type(reply) is HelloReject:
+            log.warning("%s rejected handshake: %s", _fmt(address), reply.reason)
+            raise HandshakeRejected(reply.reason)
+        if type(reply) is not HelloOk:
+            raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock, reply.node_id
+
+
 class FramedClient:
     """A blocking client connection: handshake, then requests and responses.
 
@@ -686,22 +715,9 @@ class FramedClient:
         self._decoder = FrameDecoder(max_frame_size)
         self._next_id = 1
         self._early: dict[int, dict] = {}  # responses read while waiting for another
-        sock = socket.create_connection(self.address, timeout=timeout)
-        try:
-            _nodelay(sock)
-            if ssl_context is not None:
-                sock = ssl_context.wrap_socket(sock, server_hostname=host)
-            sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
-            reply = recv_frame(sock, self._decoder)
-            if type(reply) is HelloReject:
-                log.warning("%s rejected handshake: %s", _fmt(self.address), reply.reason)
-                raise HandshakeRejected(reply.reason)
-            if type(reply) is not HelloOk:
-                raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
-        except BaseException:
-            sock.close()
-            raise
-        self.node_id = reply.node_id
+        sock, self.node_id = connect_client(
+            self.address, cluster_name, timeout, self._decoder, ssl_context
+        )
         self._sock = sock
 
     def send_request(self, body: dict) -> int:
