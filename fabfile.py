@@ -1,0 +1,247 @@
+"""Operations tasks for the dual-region broker cluster: a thin layer over broker.ops.
+
+    fab -l
+    fab status                                   # inventories/local/hosts.yml
+    fab --inventory inventories/lab/hosts.yml status
+    fab failover --lost-region region1 --dry-run # the API's own plan, nothing changed
+    fab failover --lost-region region1           # asks before destructive steps
+    fab failback --region region1
+
+The inventory is ``--inventory PATH`` (before or after the task name), else the
+``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``.
+Failover and failback write a JSON audit record under ``var/ops/audit/`` (or
+``$BROKER_OPS_AUDIT_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fabric import task
+from invoke.exceptions import Exit
+from rich.console import Console
+
+from broker.ops import InventoryControl, InventoryError, load_inventory
+from broker.ops.api import API_FORMS, DEFAULT_FORM
+from broker.ops.failback import run_failback
+from broker.ops.failover import failover_seconds, run_failover
+from broker.ops.report import ConsoleProgress, audit_record, print_summary, write_audit
+from broker.ops.status import VERIFY_STEPS, print_status, run_verify
+
+PROJECT = Path(__file__).resolve().parent
+DEFAULT_INVENTORY = PROJECT / "inventories" / "local" / "hosts.yml"
+AUDIT_DIR = Path(os.environ.get("BROKER_OPS_AUDIT_DIR") or PROJECT / "var" / "ops" / "audit")
+FAILOVER_STEPS = 8
+FAILBACK_STEPS = 9
+console = Console()
+
+
+def _take_leading_inventory_flag() -> str | None:
+    """``fab --inventory PATH task``: Fabric has no per-project core flags, so the flag is
+    taken off the command line (before the first task name) ahead of task parsing."""
+    try:
+        from fabric.main import program
+    except ImportError:
+        return None
+    args = getattr(getattr(program, "core", None), "unparsed", None)
+    if not args:
+        return None
+    if args[0] == "--inventory" and len(args) > 1:
+        path = args[1]
+        del args[:2]
+        return path
+    if args[0].startswith("--inventory="):
+        return args.pop(0).partition("=")[2]
+    return None
+
+
+LEADING_INVENTORY = _take_leading_inventory_flag()
+INVENTORY_HELP = "inventory file (default: $BROKER_INVENTORY, else inventories/local/hosts.yml)"
+
+
+def _cluster(inventory: str | None):
+    path = inventory or LEADING_INVENTORY or os.environ.get("BROKER_INVENTORY") or DEFAULT_INVENTORY
+    try:
+        return load_inventory(path)
+    except InventoryError as exc:
+        raise Exit(f"fab: {exc}", code=2) from None
+
+
+def _region(cluster, region: str) -> str:
+    try:
+        return cluster.check_region(region)
+    except InventoryError as exc:
+        raise Exit(f"fab: {exc}", code=2) from None
+
+
+def _api_form(api: str) -> str:
+    if api not in API_FORMS:
+        raise Exit(f"fab: --api must be one of {', '.join(API_FORMS)}, not {api!r}", code=2)
+    return api
+
+
+def _typed_confirmation(word: str):
+    """Destructive steps ask the operator to type ``word`` (the region); no terminal: no."""
+
+    def confirm(question: str) -> bool:
+        if not sys.stdin.isatty():
+            console.print(f"[bold red]{question}[/bold red]\nno terminal to confirm on: use --yes")
+            return False
+        console.print(f"[bold yellow]{question}[/bold yellow]")
+        return input(f"Type {word!r} to go ahead, anything else stops: ").strip() == word
+
+    return confirm
+
+
+def _finish(procedure: str, region: str, results, total: int, started, options, cluster) -> dict:
+    title = f"{procedure} of {region}"
+    print_summary(results, total, title, console, dry_run=options["dryRun"])
+    record = audit_record(
+        procedure,
+        region,
+        results,
+        total,
+        started_at=started,
+        options=options,
+        inventory=cluster.source,
+    )
+    path = write_audit(record, AUDIT_DIR)
+    console.print(f"audit record: {path}")
+    return record
+
+
+def _exit_unless_completed(record: dict) -> None:
+    if record["outcome"] != "completed":
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
+def status(c, inventory=None):
+    """Show brokers, leaders, placement, exporters and any pending topology change."""
+    cluster = _cluster(inventory)
+    state = print_status(cluster, console)
+    if not state["answering"]:
+        raise Exit(code=1)
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
+def verify(c, inventory=None):
+    """Verify leaders, RF and per-region placement, and a write+read on every partition."""
+    cluster = _cluster(inventory)
+    results = run_verify(cluster, progress=ConsoleProgress(console))
+    print_summary(results, VERIFY_STEPS, f"verify {cluster.name}", console)
+    if len(results) < VERIFY_STEPS or results[-1].failed:
+        raise Exit(code=1)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "lost-region": "the region that is lost (e.g. region1)",
+        "dry-run": "change nothing; show the API's own plan",
+        "yes": "do not ask before destructive steps",
+        "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
+        "allow-removing-reachable-brokers": "DANGER: force out a region that still answers",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def failover(
+    c,
+    lost_region,
+    dry_run=False,
+    yes=False,
+    api=DEFAULT_FORM,
+    allow_removing_reachable_brokers=False,
+    inventory=None,
+):
+    """Fail over from a lost region: confirm, force-remove it, disable its exporter, verify."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    results = run_failover(
+        cluster,
+        _region(cluster, lost_region),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(lost_region),
+        api=_api_form(api),
+        progress=ConsoleProgress(console),
+        override_reachable=allow_removing_reachable_brokers,
+        control=InventoryControl(),
+    )
+    options = {"dryRun": dry_run, "yes": yes, "api": api}
+    options["allowRemovingReachableBrokers"] = allow_removing_reachable_brokers
+    record = _finish("failover", lost_region, results, FAILOVER_STEPS, started, options, cluster)
+    seconds = failover_seconds(results)
+    if seconds is not None:
+        console.print(f"every partition took a write {seconds:.1f}s after the failover started")
+    _exit_unless_completed(record)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "the recreated region to bring back (e.g. region1)",
+        "dry-run": "change nothing; show the API's own plan",
+        "yes": "do not ask before overwriting the region's export sink",
+        "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
+        "sink-restored": "the region's export sink was restored by hand; do not copy it",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def failback(
+    c, region, dry_run=False, yes=False, api=DEFAULT_FORM, sink_restored=False, inventory=None
+):
+    """Bring a recreated region back: start it, restore its exporter, add it back at full RF."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    results = run_failback(
+        cluster,
+        _region(cluster, region),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        api=_api_form(api),
+        progress=ConsoleProgress(console),
+        control=InventoryControl(),
+        sink_restored=sink_restored,
+    )
+    options = {"dryRun": dry_run, "yes": yes, "api": api, "sinkRestored": sink_restored}
+    _exit_unless_completed(
+        _finish("failback", region, results, FAILBACK_STEPS, started, options, cluster)
+    )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "region whose brokers to stop",
+        "yes": "do not ask",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def stop_region(c, region, yes=False, inventory=None):
+    """Stop every broker of a region (broker stop, or systemctl over SSH)."""
+    cluster = _cluster(inventory)
+    brokers = cluster.in_region(_region(cluster, region))
+    if not yes and not _typed_confirmation(region)(
+        f"Stop brokers {', '.join(str(b.node_id) for b in brokers)} of {region}?"
+    ):
+        raise Exit("fab: stopped nothing", code=1)
+    control = InventoryControl()
+    for b in brokers:
+        console.print(control.stop(b))
+
+
+@task(
+    auto_shortflags=False,
+    help={"region": "region whose brokers to start", "inventory": INVENTORY_HELP},
+)
+def start_region(c, region, inventory=None):
+    """Start every broker of a region (broker start, or systemctl over SSH)."""
+    cluster = _cluster(inventory)
+    control = InventoryControl()
+    for b in cluster.in_region(_region(cluster, region)):
+        console.print(control.start(b))
