@@ -22,9 +22,12 @@ class FileExporter:
         return os.path.join(self.path, f"partition-{partition}.jsonl")
 
     def last_position(self, partition: int) -> int:
-        """The last position the sink holds (read once from the file's tail)."""
+        """The last position the sink holds (read once from the file's tail; a line
+        torn by a crash is cut off first, so the next batch starts on a line of its own)."""
         if partition not in self._last:
-            self._last[partition] = _last_line_position(self._file(partition))
+            path = self._file(partition)
+            _cut_torn_tail(path)
+            self._last[partition] = _last_line_position(path)
         return self._last[partition]
 
     def export(self, partition: int, records: list[tuple[int, bytes]]) -> int:
@@ -56,6 +59,24 @@ def _line(partition: int, position: int, data: bytes) -> str:
             "base64": True,
         }
     return json.dumps(doc, separators=(",", ":")) + "\n"
+
+
+def _cut_torn_tail(path: str) -> None:
+    try:
+        with open(path, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            f.seek(max(0, size - 65536))
+            tail = f.read()
+            if tail.endswith(b"\n"):
+                return
+            keep = size - len(tail) + tail.rfind(b"\n") + 1
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+    except FileNotFoundError:
+        pass
 
 
 def _last_line_position(path: str) -> int:

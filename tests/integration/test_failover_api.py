@@ -136,6 +136,9 @@ def test_region_loss_force_remove_then_add_back(dual, api):
     status, doc = add_back(c, 0, api)
     assert status == 202, doc
     assert {op["operation"] for op in doc["plannedChanges"]} == {"BROKER_ADD", "PARTITION_JOIN"}
+    # broker 1 carries out some of these steps; restarted mid-change, it resumes them
+    c.stop(1)
+    c.start([1])
     wait_for(lambda: completed(c, 0, doc["changeId"]), 60, "the scale-up to complete")
     everywhere(c, doc["changeId"])
     final = cluster_doc(c, 0)
