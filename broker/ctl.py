@@ -11,7 +11,6 @@ stderr), 2 bad usage.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sys
@@ -30,6 +29,7 @@ from broker.client import (
     FailedPrecondition,
     parse_addresses,
 )
+from broker.ops.api import ApiError, ManagementApi, NoAnswer, Unreachable
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:9600"
 # How often --wait polls the cluster configuration, and how long it waits by default.
@@ -405,52 +405,33 @@ class ManagementClient:
 
     def call(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         """The parsed answer (None for an empty one); raises ManagementError."""
-        # None and False are left out: the API's defaults.
-        params = {
-            k: "true" if v is True else str(v)
-            for k, v in query.items()
-            if v is not None and v is not False
-        }
-        target = path + ("?" + urllib.parse.urlencode(params) if params else "")
-        data = json.dumps(body).encode() if body is not None else None
         failures = []
         for url in list(self.urls):
-            request = urllib.request.Request(url + target, data=data, method=method)
-            if data is not None:
-                request.add_header("Content-Type", "application/json")
-            if self.token:
-                request.add_header("Authorization", f"Bearer {self.token}")
+            api = ManagementApi(url, timeout=self.timeout, token=self.token)
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    status, raw = response.status, response.read()
-            except urllib.error.HTTPError as e:
-                status, raw = e.code, e.read()
-            except urllib.error.URLError as e:  # not delivered (refused, no route): next one
-                failures.append(f"{url}: {e.reason}")
-                continue
-            except (OSError, http.client.HTTPException) as e:  # delivered, but no answer
+                doc = api.request(method, path, body, **query)
+            except NoAnswer as e:  # delivered, but no answer
                 if method == "GET":
-                    failures.append(f"{url}: {e!r}")
+                    failures.append(f"{url}: {e.message}")
                     continue
                 raise ManagementError(
-                    f"no answer from {url} to {method} {path} ({e!r}); it may have been "
+                    f"no answer from {url} to {method} {path} ({e.message}); it may have been "
                     "applied: check with `brokerctl cluster show` before repeating it"
                 ) from None
-            self.urls.remove(url)
-            self.urls.insert(0, url)
-            return self._answer(status, raw, f"{method} {url}{path}")
+            except Unreachable as e:  # not delivered (refused, no route): next one
+                failures.append(f"{url}: {e.message}")
+                continue
+            except ApiError as e:  # the cluster's answer, a refusal
+                self._prefer(url)
+                raise ManagementError(e.message, e.status) from None
+            self._prefer(url)
+            return doc
         raise ManagementError("management API unreachable: " + "; ".join(failures))
 
-    @staticmethod
-    def _answer(status: int, raw: bytes, what: str) -> Any:
-        try:
-            doc = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            raise ManagementError(f"{what} answered {status} with a non-JSON body") from None
-        if status >= 400:
-            message = doc.get("message") if isinstance(doc, dict) else None
-            raise ManagementError(message or f"{what} failed", status)
-        return doc
+    def _prefer(self, url: str) -> None:
+        """The URL that answered is tried first from then on."""
+        self.urls.remove(url)
+        self.urls.insert(0, url)
 
 
 def _management(args: argparse.Namespace, timeout: float | None = None) -> ManagementClient:

@@ -39,7 +39,17 @@ class ApiError(Exception):
 
 
 class Unreachable(ApiError):
-    """Nothing answered (connection refused, timed out, no route)."""
+    """Nothing answered (connection refused, timed out, no route); ``message`` is the reason."""
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url}: not reachable: {self.message}"
+
+
+class NoAnswer(Unreachable):
+    """The request was delivered but no answer came: a change may have been applied."""
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.url}: no answer: {self.message}"
 
 
 def check_form(form: str) -> str:
@@ -87,9 +97,9 @@ class ManagementApi:
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
         except urllib.error.URLError as exc:
-            raise Unreachable(method, target, f"not reachable: {exc.reason}") from None
+            raise Unreachable(method, target, str(exc.reason)) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise Unreachable(method, target, f"no answer: {exc!r}") from None
+            raise NoAnswer(method, target, repr(exc)) from None
         try:
             doc = json.loads(raw) if raw.strip() else None
         except ValueError:
