@@ -116,12 +116,15 @@ class PartitionRunner:
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
         self._inbox.put(None)
-        self._thread.join(timeout)
-        for _, waiting in self._pending.values():
-            for done, _ in waiting:
-                done(_unavailable("the broker is shutting down; outcome unknown"))
-        self._pending.clear()
-        self.journal.close()
+        if self._thread.is_alive():  # it may never have been started
+            self._thread.join(timeout)
+        try:
+            for _, waiting in self._pending.values():
+                for done, _ in waiting:
+                    done(_unavailable("the broker is shutting down; outcome unknown"))
+            self._pending.clear()
+        finally:
+            self.journal.close()  # releases the directory lock, whatever happened
 
     def deliver(self, msg) -> None:
         self._inbox.put(msg)

@@ -42,6 +42,9 @@ class TopologyManager:
         self.node_id = broker.node_id
         self.path = os.path.join(broker.cfg.data.directory, "topology.json")
         self._lock = threading.RLock()
+        # Starting and stopping partitions happens from the step thread and from
+        # gossip; one at a time, or a partition being joined can be dropped midway.
+        self._hosting = threading.RLock()
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"topology-{self.node_id}", daemon=True
@@ -226,6 +229,10 @@ class TopologyManager:
 
     def reconcile(self, extra: dict[int, dict[int, int]] | None = None) -> None:
         """Start runners for our partitions; stop those we no longer host."""
+        with self._hosting:
+            self._reconcile(extra)
+
+    def _reconcile(self, extra: dict[int, dict[int, int]] | None) -> None:
         with self._lock:
             cfg = self.config
             me = cfg.members.get(self.node_id)
@@ -233,24 +240,27 @@ class TopologyManager:
             if me is not None and me.state != "LEFT":
                 wanted = {p: cfg.replicas(p) for p in me.partitions}
             wanted.update(extra or {})
-            leaving = set()
+            # partitions a pending operation of ours is moving in or out: leave them be
+            in_motion = set()
             if cfg.pending_change:
-                leaving = {
+                in_motion = {
                     op.partition_id
                     for op in cfg.pending_change.pending
-                    if op.operation == t.PARTITION_LEAVE and op.broker_id == self.node_id
+                    if op.operation in (t.PARTITION_LEAVE, t.PARTITION_JOIN)
+                    and op.broker_id == self.node_id
                 }
         for pid, replicas in sorted(wanted.items()):
             self.broker.ensure_partition(pid, replicas)
         for pid in list(self.broker.runners):
-            if pid not in wanted and pid not in leaving:
+            if pid not in wanted and pid not in in_motion:
                 self._drop_partition(pid, delete=me is not None and me.state == "LEFT")
 
     def _drop_partition(self, pid: int, delete: bool) -> None:
-        runner = self.broker.runners.pop(pid, None)
-        if runner is None:
-            return
-        runner.stop()
-        log.info("partition %d no longer hosted here%s", pid, " (data deleted)" if delete else "")
-        if delete:
-            shutil.rmtree(runner.directory, ignore_errors=True)
+        with self._hosting:
+            runner = self.broker.runners.pop(pid, None)
+            if runner is None:
+                return
+            runner.stop()
+            log.info("partition %d no longer hosted here%s", pid, " (deleted)" if delete else "")
+            if delete:
+                shutil.rmtree(runner.directory, ignore_errors=True)
