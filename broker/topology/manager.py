@@ -77,8 +77,16 @@ class TopologyManager:
         with self._lock:
             if cfg.version <= self.config.version and why != "local":
                 return
-            self._save(cfg)
-            self.config = cfg
+            self._install(cfg)
+        self._act_on(cfg, why)
+
+    def _install(self, cfg: t.ClusterConfig) -> None:
+        """Persist, then make current (caller holds _lock)."""
+        self._save(cfg)
+        self.config = cfg
+
+    def _act_on(self, cfg: t.ClusterConfig, why: str) -> None:
+        # Never called with _lock held: reconcile takes _hosting, then _lock.
         log.info("topology version %d (%s)", cfg.version, why)
         self.reconcile()
         self.broadcast()
@@ -130,8 +138,9 @@ class TopologyManager:
         """Start a change (on the coordinator); raises ChangeInProgress."""
         with self._lock:
             cfg = t.start_change(self.config, ops, now_iso(), force=force, request=request)
-            self._adopt(cfg, "local")
-            return cfg
+            self._install(cfg)
+        self._act_on(cfg, "local")
+        return cfg
 
     def update(self, fn: Callable[[t.ClusterConfig], None]) -> t.ClusterConfig:
         """A direct configuration update without operations (e.g. exporting paused)."""
@@ -141,8 +150,9 @@ class TopologyManager:
             cfg = copy.deepcopy(self.config)
             fn(cfg)
             cfg.version += 1
-            self._adopt(cfg, "local")
-            return cfg
+            self._install(cfg)
+        self._act_on(cfg, "local")
+        return cfg
 
     def executor_of(self, cfg: t.ClusterConfig, op: t.Operation) -> int:
         """Who carries out ``op``: the broker it names, unless that broker is being
