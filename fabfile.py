@@ -6,10 +6,14 @@
     fab failover --lost-region region1 --dry-run # the API's own plan, nothing changed
     fab failover --lost-region region1           # asks before destructive steps
     fab failback --region region1
+    fab drill --region region1                   # lose, fail over, fail back, under load
+    fab isolate-region --region region1          # an inter-region cut (lab/real hosts)
+    fab heal-region --region region1
+    fab rolling-restart                          # one broker at a time, region by region
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
 ``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``.
-Failover and failback write a JSON audit record under ``var/ops/audit/`` (or
+Every task that changes the cluster writes a JSON audit record under ``var/ops/audit/`` (or
 ``$BROKER_OPS_AUDIT_DIR``).
 """
 
@@ -26,9 +30,12 @@ from rich.console import Console
 
 from broker.ops import InventoryControl, InventoryError, load_inventory
 from broker.ops.api import API_FORMS, DEFAULT_FORM
+from broker.ops.drill import DRILL_STEPS, print_drill_figures, run_drill
 from broker.ops.failback import run_failback
 from broker.ops.failover import failover_seconds, run_failover
+from broker.ops.isolation import run_heal, run_isolate
 from broker.ops.report import ConsoleProgress, audit_record, print_summary, write_audit
+from broker.ops.rolling import restart_order, run_rolling_restart
 from broker.ops.status import VERIFY_STEPS, print_status, run_verify
 
 PROJECT = Path(__file__).resolve().parent
@@ -212,6 +219,110 @@ def failback(
     _exit_unless_completed(
         _finish("failback", region, results, FAILBACK_STEPS, started, options, cluster)
     )
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "the region to rehearse losing (e.g. region1)",
+        "yes": "do not ask before killing the region",
+        "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
+        "rate": "records per second of the write load (default 200)",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, inventory=None):
+    """Drill a region loss under load: kill+wipe it, fail over, fail back, check nothing lost."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    nested = ConsoleProgress(console, indent="        ")
+    results, figures = run_drill(
+        cluster,
+        _region(cluster, region),
+        control=InventoryControl(),
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        api=_api_form(api),
+        progress=ConsoleProgress(console),
+        nested_progress=nested,
+        rate=float(rate),
+    )
+    options = {"dryRun": False, "yes": yes, "api": api, "rate": float(rate)}
+    record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster)
+    print_drill_figures(figures, console)
+    _exit_unless_completed(record)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "the region to cut off from the other one",
+        "dry-run": "change nothing; say what would be cut",
+        "yes": "do not ask",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def isolate_region(c, region, dry_run=False, yes=False, inventory=None):
+    """Cut a region off from the other (nftables on its hosts); SSH from here keeps working."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    results = run_isolate(
+        cluster,
+        _region(cluster, region),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        progress=ConsoleProgress(console),
+    )
+    options = {"dryRun": dry_run, "yes": yes}
+    _exit_unless_completed(_finish("isolate", region, results, 1, started, options, cluster))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "the region to reconnect",
+        "dry-run": "change nothing",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def heal_region(c, region, dry_run=False, inventory=None):
+    """Remove the isolate-region cut: traffic between the regions flows again."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    results = run_heal(
+        cluster, _region(cluster, region), dry_run=dry_run, progress=ConsoleProgress(console)
+    )
+    options = {"dryRun": dry_run}
+    _exit_unless_completed(_finish("heal", region, results, 1, started, options, cluster))
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "region": "restart only this region's brokers (default: all, region by region)",
+        "yes": "do not ask",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def rolling_restart(c, region=None, yes=False, inventory=None):
+    """Restart brokers one at a time, region by region, waiting for a whole cluster between."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    if region is not None:
+        _region(cluster, region)
+    results = run_rolling_restart(
+        cluster,
+        control=InventoryControl(),
+        region=region,
+        yes=yes,
+        confirm=_typed_confirmation(region or "all"),
+        progress=ConsoleProgress(console),
+    )
+    total = 1 + len(restart_order(cluster, region))
+    options = {"dryRun": False, "yes": yes}
+    record = _finish("rolling-restart", region or "all", results, total, started, options, cluster)
+    _exit_unless_completed(record)
 
 
 @task(

@@ -23,7 +23,9 @@ def _daemon(action: str):
     def call(args: argparse.Namespace) -> int:
         from broker import daemon
 
-        return getattr(daemon, action)(args.config)
+        if action == "stop":
+            return daemon.stop(args.config, kill=args.kill)
+        return getattr(daemon, action.replace("-", "_"))(args.config)
 
     return call
 
@@ -47,9 +49,17 @@ def broker_main(argv: list[str] | None = None) -> int:
         ("start", "start the broker as a daemon (pid and log file in the data directory)"),
         ("stop", "stop the daemon started with `broker start` and wait for it to exit"),
         ("status", "is the daemon running? (exit 0 yes, 3 no)"),
+        (
+            "wipe-data",
+            "delete the data directory's contents, as on a rebuilt host (not while running)",
+        ),
     ):
         cmd = sub.add_parser(name, help=help_text, description=help_text)
         cmd.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
+        if name == "stop":
+            cmd.add_argument(
+                "--kill", action="store_true", help="SIGKILL at once, as a crash (drills)"
+            )
         cmd.set_defaults(func=_daemon(name))
     args = parser.parse_args(argv)
     return args.func(args)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -132,7 +133,9 @@ def start(config: str | None, wait: float = 60.0) -> int:
     return 1
 
 
-def stop(config: str | None, wait: float = 30.0) -> int:
+def stop(config: str | None, wait: float = 30.0, kill: bool = False) -> int:
+    """SIGTERM and wait (SIGKILL after ``wait``); with ``kill``, SIGKILL at once: a crash,
+    as in a region-loss drill."""
     cfg = _load(config)
     pid_file, _ = _paths(cfg)
     pid = _running_pid(pid_file)
@@ -141,18 +144,42 @@ def stop(config: str | None, wait: float = 30.0) -> int:
         if os.path.exists(pid_file):
             os.unlink(pid_file)
         return 0
-    os.kill(pid, signal.SIGTERM)
+    os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.05)  # waiting for another process to exit, bounded by the deadline
-    if _alive(pid):
+    if _alive(pid) and not kill:
         print(f"broker {cfg.cluster.node_id} (pid {pid}) ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
+    while _alive(pid):  # SIGKILL cannot be ignored: this ends
+        time.sleep(0.05)
     if os.path.exists(pid_file):
         os.unlink(pid_file)
-    print(f"broker {cfg.cluster.node_id} stopped")
+    print(f"broker {cfg.cluster.node_id} {'killed' if kill else 'stopped'}")
+    return 0
+
+
+def wipe_data(config: str | None) -> int:
+    """Delete the data directory's contents: the broker is then what a rebuilt host runs
+    (no log, no topology). Refused while the broker runs."""
+    cfg = _load(config)
+    pid_file, _ = _paths(cfg)
+    pid = _running_pid(pid_file)
+    if pid is not None:
+        print(
+            f"broker {cfg.cluster.node_id} is running (pid {pid}): stop it first", file=sys.stderr
+        )
+        return 1
+    directory = cfg.data.directory
+    if not os.path.isdir(directory):
+        print(f"broker {cfg.cluster.node_id}: {directory} does not exist; nothing to wipe")
+        return 0
+    for entry in os.scandir(directory):
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path)
+        else:
+            os.unlink(entry.path)
+    print(f"broker {cfg.cluster.node_id}: wiped {directory}")
     return 0
 
 

@@ -23,19 +23,23 @@ TABLE_LINES = 6  # longer texts (a dry run's plan) are cut in the table; progres
 class ConsoleProgress:
     """Prints each step as it starts and what it saw and did when it ends."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, indent: str = ""):
         self.console = console or Console()
+        self.indent = indent  # a procedure run inside another one's step is indented
 
     def started(self, index: int, total: int, step: Step) -> None:
-        self.console.print(f"[bold][{index}/{total}][/bold] {escape(step.title)} ({step.name}) ...")
+        self.console.print(
+            f"{self.indent}[bold][{index}/{total}][/bold] {escape(step.title)} ({step.name}) ..."
+        )
 
     def finished(self, index: int, total: int, result: StepResult) -> None:
         style = STYLE[result.status]
+        pad = self.indent + "      "
         self.console.print(
-            f"      [{style}]{result.status.upper()}[/{style}] in {result.seconds:.1f}s"
+            f"{pad}[{style}]{result.status.upper()}[/{style}] in {result.seconds:.1f}s"
         )
-        self.console.print(f"      saw: {escape(result.saw)}", soft_wrap=True)
-        self.console.print(f"      did: {escape(result.did)}", soft_wrap=True)
+        self.console.print(f"{pad}saw: {escape(result.saw)}", soft_wrap=True)
+        self.console.print(f"{pad}did: {escape(result.did)}", soft_wrap=True)
 
 
 def steps_table(results: list[StepResult], title: str) -> Table:

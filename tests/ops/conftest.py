@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,12 @@ class PidControl:
     def start(self, broker: Broker) -> str:
         self.c.start([broker.node_id])
         return f"started broker {broker.node_id} (pid {self.c.procs[broker.node_id].pid})"
+
+    kill = stop  # stop is already a crash
+
+    def wipe(self, broker: Broker) -> str:
+        shutil.rmtree(self.c.data_dir(broker.node_id), ignore_errors=True)
+        return f"wiped the data of broker {broker.node_id}"
 
 
 @dataclass

@@ -358,6 +358,10 @@ def test_fab_lists_the_tasks_and_runs_them_against_the_cluster(dual, tmp_path):
         "failback": "Bring a recreated region back",
         "stop-region": "Stop every broker",
         "start-region": "Start every broker",
+        "drill": "Drill a region loss under load",
+        "isolate-region": "Cut a region off from the other",
+        "heal-region": "Remove the isolate-region cut",
+        "rolling-restart": "Restart brokers one at a time",
     }.items():
         assert any(
             line.split()[:1] == [name] and words in line for line in listed.stdout.splitlines()

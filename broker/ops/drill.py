@@ -1,0 +1,296 @@
+"""The region-loss drill: `fab drill --region R`, the whole failover story under load.
+
+1. ``verify_placement``: start only from a healthy cluster;
+2. ``start_write_load``: a steady load through every gateway, every
+   acknowledged record remembered (broker.ops.load);
+3. ``lose_region``: kill -9 every broker of the region and empty its disks
+   (the region burned down and its hosts are rebuilt); wait until the
+   survivors see it dead (the detection time is reported, not counted in RTO);
+4. ``fail_over``: ``run_failover``; its RTO is from its start to the first
+   acknowledged write on every partition;
+5. ``write_during_outage``: the load's own writes land on every partition;
+6. ``fail_back``: ``run_failback`` with the rebuilt, empty region; reports its
+   duration and the catch-up rate (bytes the region's disks received while its
+   replicas caught up, per second);
+7. ``check_no_data_lost``: stop the load; every acknowledged record is read
+   back at its position. Anything missing fails the drill.
+
+Destructive by design: it asks once, before the loss, unless ``yes``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from broker.client import BrokerError
+from broker.ops.checks import partition_count, verify_placement
+from broker.ops.control import DrillControl, run_on
+from broker.ops.failback import run_failback
+from broker.ops.failover import failover_seconds, run_failover
+from broker.ops.inventory import Broker, Cluster
+from broker.ops.load import WriteLoad
+from broker.ops.report import outcome
+from broker.ops.steps import (
+    Outcome,
+    Progress,
+    StepFailed,
+    StepResult,
+    ask_or_refuse,
+    done,
+    failed,
+    plan,
+    run_procedure,
+    step,
+    wait_until,
+)
+from broker.ops.view import alive_map, docs_from, ids_text
+
+DETECT_TIMEOUT = 60.0
+OUTAGE_WRITE_TIMEOUT = 30.0
+FAILOVER_STEPS = 8
+FAILBACK_STEPS = 9
+DRILL_STEPS = 7
+
+
+@dataclass
+class DrillFigures:
+    """What a drill measured; ``lost`` must be 0."""
+
+    region: str
+    acknowledged: int = 0
+    found: int = 0
+    lost: int = 0
+    failed_writes: int = 0
+    detection_seconds: float | None = None
+    failover_rto_seconds: float | None = None
+    failback_seconds: float | None = None
+    catch_up_bytes: int | None = None
+    catch_up_seconds: float | None = None
+    check_error: str | None = None
+    nested: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+    @property
+    def catch_up_mb_per_s(self) -> float | None:
+        if not self.catch_up_bytes or not self.catch_up_seconds:
+            return None
+        return self.catch_up_bytes / self.catch_up_seconds / 1e6
+
+
+def _data_bytes(broker: Broker) -> int:
+    """Bytes in the broker's data directory (read from its config), on its host."""
+    config = yaml.safe_load(run_on(broker, f"cat {broker.config_path}")) or {}
+    directory = (config.get("data") or {}).get("directory")
+    if not directory:
+        raise StepFailed(f"{broker.label()}: no data.directory in {broker.config_path}")
+    return int(run_on(broker, f"du -sb {directory} | cut -f1").strip() or 0)
+
+
+@step("lose the region: kill its brokers and empty their disks")
+def lose_region(
+    cluster: Cluster,
+    region: str,
+    *,
+    control: DrillControl,
+    approve: Callable[[str], bool],
+    figures: DrillFigures,
+    timeout: float = DETECT_TIMEOUT,
+) -> Outcome:
+    lost = cluster.in_region(region)
+    ids = cluster.ids(lost)
+    if not approve(f"Drill: kill brokers {ids_text(ids)} of {region} and wipe their data?"):
+        return failed("the operator did not confirm", "killed nothing")
+    started = time.monotonic()
+    did = [control.kill(b) for b in lost] + [control.wipe(b) for b in lost]
+
+    def seen_dead() -> tuple[bool, str]:
+        seeing = []
+        for node, topo in docs_from(cluster, cluster.outside(region), "topology").items():
+            if isinstance(topo, dict):
+                seeing += [f"{node} sees {i}" for i in ids if alive_map(topo).get(i)]
+        return not seeing, "; ".join(seeing) or f"the survivors see {ids_text(ids)} dead"
+
+    seen = wait_until(seen_dead, timeout, f"the survivors to see {region} dead")
+    figures.detection_seconds = round(time.monotonic() - started, 3)
+    return done(
+        f"brokers {ids_text(ids)} of {region} were running",
+        f"{'; '.join(did)}; {seen} after {figures.detection_seconds:.1f}s",
+    )
+
+
+def _nested(name: str, results: list[StepResult], total: int) -> Outcome:
+    result = outcome(results, total)
+    summary = ", ".join(f"{r.name} {r.status}" for r in results)
+    if result != "completed":
+        last = results[-1] if results else None
+        why = f"{last.name}: {last.saw}" if last else "nothing ran"
+        return failed(f"the {name} {result} ({why})", "stopped the drill")
+    return done(f"{name}: {summary}", f"the {name} completed")
+
+
+def run_drill(
+    cluster: Cluster,
+    region: str,
+    *,
+    control: DrillControl,
+    yes: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+    api: str | None = None,
+    progress: Progress | None = None,
+    nested_progress: Progress | None = None,
+    rate: float = 200.0,
+) -> tuple[list[StepResult], DrillFigures]:
+    """Run the drill; returns its steps and its figures. Stops at the first failed step
+    (the load is stopped then too, and whatever was acknowledged is still checked)."""
+    cluster.check_region(region)
+    approve = ask_or_refuse(yes, confirm)
+    figures = DrillFigures(region)
+    survivors = cluster.outside(region)
+    everyone = ",".join(b.gateway for b in cluster.brokers)
+    forms = {"api": api} if api else {}
+    state: dict[str, Any] = {}
+
+    @step("start a steady write load through every gateway")
+    def start_write_load() -> Outcome:
+        partitions = partition_count(cluster, cluster.brokers)
+        load = WriteLoad(everyone, partitions, rate=rate, label=f"drill-{region}").start()
+        state["load"] = load
+        wait_until(
+            lambda: (load.count() > 0, f"{load.count()} acknowledged"),
+            OUTAGE_WRITE_TIMEOUT,
+            "the first acknowledged write",
+        )
+        return done(f"{partitions} partitions", f"writing {rate:g} records/s, 100 B each")
+
+    @step("fail over to the surviving region")
+    def fail_over() -> Outcome:
+        results = run_failover(
+            cluster, region, yes=True, progress=nested_progress, control=None, **forms
+        )
+        figures.nested["failover"] = [r.to_dict() for r in results]
+        state["failed_over_at"] = time.monotonic()
+        figures.failover_rto_seconds = failover_seconds(results)
+        return _nested("failover", results, FAILOVER_STEPS)
+
+    @step("keep writing during the outage (every partition)")
+    def write_during_outage() -> Outcome:
+        load: WriteLoad = state["load"]
+        count = partition_count(cluster, survivors)
+        since = state["failed_over_at"]
+        seen = wait_until(
+            lambda: (
+                len(got := load.acked_since(since)) == count,
+                f"writes acknowledged on partitions {ids_text(got)} since the failover",
+            ),
+            OUTAGE_WRITE_TIMEOUT,
+            "the load's writes on every partition",
+        )
+        return done(f"{load.count()} records acknowledged so far", seen)
+
+    @step("fail back the rebuilt region")
+    def fail_back() -> Outcome:
+        marks: dict[str, float] = {}
+
+        class Timing:  # when add_brokers_back starts and wait_caught_up ends
+            def started(self, index, total, s):
+                marks.setdefault(s.name, time.monotonic())
+                if nested_progress:
+                    nested_progress.started(index, total, s)
+
+            def finished(self, index, total, r):
+                marks[f"{r.name}:end"] = time.monotonic()
+                if nested_progress:
+                    nested_progress.finished(index, total, r)
+
+        before = sum(_data_bytes(b) for b in cluster.in_region(region))
+        results = run_failback(
+            cluster, region, yes=True, control=control, progress=Timing(), **forms
+        )
+        figures.nested["failback"] = [r.to_dict() for r in results]
+        figures.failback_seconds = round(sum(r.seconds for r in results), 3)
+        verdict = _nested("failback", results, FAILBACK_STEPS)
+        if verdict.status == "done":
+            figures.catch_up_bytes = sum(_data_bytes(b) for b in cluster.in_region(region)) - before
+            figures.catch_up_seconds = round(
+                marks["wait_caught_up:end"] - marks["add_brokers_back"], 3
+            )
+        return verdict
+
+    @step("stop the load and read back every acknowledged record")
+    def check_no_data_lost() -> Outcome:
+        return _check(state, figures, everyone)
+
+    steps = plan(
+        (verify_placement, lambda: verify_placement(cluster, cluster.brokers)),
+        (start_write_load, start_write_load),
+        (
+            lose_region,
+            lambda: lose_region(cluster, region, control=control, approve=approve, figures=figures),
+        ),
+        (fail_over, fail_over),
+        (write_during_outage, write_during_outage),
+        (fail_back, fail_back),
+        (check_no_data_lost, check_no_data_lost),
+    )
+    try:
+        results = run_procedure(steps, progress)
+    finally:
+        if "load" in state and "checked" not in state:
+            try:  # a failed drill still says what it lost, if the cluster can tell
+                _check(state, figures, everyone)
+            except BrokerError as exc:
+                figures.check_error = str(exc)
+    return results, figures
+
+
+def _check(state: dict[str, Any], figures: DrillFigures, gateways: str) -> Outcome:
+    load: WriteLoad = state["load"]
+    state["checked"] = True
+    tally = load.stop()
+    found, lost = load.read_back(gateways)
+    figures.acknowledged, figures.found = len(tally.acked), found
+    figures.lost, figures.failed_writes = len(lost), tally.failed
+    saw = (
+        f"{len(tally.acked)} records acknowledged ({tally.bytes_acked} bytes), "
+        f"{tally.failed} writes not acknowledged (not counted)"
+    )
+    if lost:
+        sample = ", ".join(r.decode(errors="replace")[:24] for r in lost[:3])
+        return failed(saw, f"LOST {len(lost)} acknowledged records, e.g. {sample}")
+    return done(saw, f"all {found} found at their positions: nothing lost")
+
+
+def print_drill_figures(figures: DrillFigures, console: Console) -> None:
+    def fmt(value: float | None, unit: str) -> str:
+        return "-" if value is None else f"{value:.2f} {unit}"
+
+    table = Table(title=f"drill of {figures.region}: figures")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    style = "green" if figures.lost == 0 and not figures.check_error else "bold red"
+    rows = [
+        ("records acknowledged", str(figures.acknowledged)),
+        ("records found afterwards", str(figures.found)),
+        ("acknowledged records LOST", f"[{style}]{figures.lost}[/{style}]"),
+        ("writes not acknowledged (not counted)", str(figures.failed_writes)),
+        ("loss detected by the survivors after", fmt(figures.detection_seconds, "s")),
+        (
+            "failover RTO (start to a write on every partition)",
+            fmt(figures.failover_rto_seconds, "s"),
+        ),
+        ("failback duration", fmt(figures.failback_seconds, "s")),
+        ("catch-up", fmt(figures.catch_up_mb_per_s, "MB/s")),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    if figures.check_error:
+        console.print(
+            f"[bold red]could not read the records back: {figures.check_error}[/bold red]"
+        )
