@@ -3,9 +3,9 @@
 With an even replication factor split R/2 per region, losing a region loses
 quorum on every partition. Failover gives the surviving region the cluster:
 
-1. ``confirm_region_lost``: nothing of the region answers from here, and the
-   survivors see it dead too (a region that answers us but not its peers is a
-   network cut, not a loss: refused);
+1. ``confirm_region_lost``: nothing of the region answers from here nor (over
+   SSH) from the surviving hosts, and the survivors see it dead too (a region
+   that answers us but not its peers is a network cut, not a loss: refused);
 2. ``check_survivors_healthy``: every surviving broker answers and sees the
    others, and no other change is pending (it would block the forced one);
 3. ``fence_region`` (optional): stop whatever of the region still runs;
@@ -62,6 +62,7 @@ from broker.ops.steps import (
 from broker.ops.view import (
     alive_map,
     answering_ports,
+    answering_ports_from,
     describe_change,
     describe_pending,
     docs_from,
@@ -168,9 +169,24 @@ def confirm_region_lost(
             "refused to fail over",
         )
     ports = sum(len(b.ports) for b in lost)
+    seen_from = answering_ports_from(survivors, lost)
+    answered = {n: p for n, p in seen_from.items() if isinstance(p, list) and p}
+    if answered and not override_reachable:
+        where = "; ".join(f"from broker {n}'s host: {', '.join(p)}" for n, p in answered.items())
+        return failed(
+            f"{region} does not answer from here, but it answers from the surviving region's "
+            f"hosts ({where}). The fault is between this controller and {region}, not a "
+            "region loss: do not fail over",
+            "refused to fail over",
+        )
+    asked = [n for n, p in seen_from.items() if isinstance(p, list)]
+    unasked = {n: p.saw for n, p in seen_from.items() if isinstance(p, StepFailed)}
+    also = f"; nor from the survivors' hosts {ids_text(asked)} (over SSH)" if asked else ""
+    if unasked:
+        also += "; WARNING could not ask " + "; ".join(unasked.values())
     return done(
         f"no broker of {region} answers on any of its {ports} ports (management, gateway, "
-        f"internal) from here, and {seen}",
+        f"internal) from here{also}, and {seen}",
         f"confirmed: {region} is lost",
     )
 

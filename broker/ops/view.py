@@ -7,11 +7,13 @@ Nothing here changes the cluster.
 
 from __future__ import annotations
 
+import shlex
 import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from broker.ops.api import DEFAULT_FORM, ApiError, ManagementApi
+from broker.ops.control import run_on
 from broker.ops.inventory import Broker, Cluster
 from broker.ops.steps import StepFailed
 
@@ -79,6 +81,39 @@ def answering_ports(brokers: Iterable[Broker], timeout: float = PROBE_TIMEOUT) -
         for (b, name, port), ok in zip(targets, results, strict=True)
         if ok
     ]
+
+
+def answering_ports_from(
+    sources: Iterable[Broker], brokers: Iterable[Broker], timeout: float = PROBE_TIMEOUT
+) -> dict[int, list[str] | StepFailed]:
+    """``answering_ports`` as seen from other hosts (over SSH, in parallel): source broker
+    id -> the ports of ``brokers`` that accept a connection from its host. Sources on
+    this machine are skipped: ``answering_ports`` already saw from here."""
+    targets = [(b, name, port) for b in brokers for name, port in b.ports.items()]
+    seconds = max(1, round(timeout))
+    probes = " ".join(
+        f"timeout {seconds} bash -c {shlex.quote(f'</dev/tcp/{b.host}/{port}')} 2>/dev/null "
+        f"&& echo {i};"
+        for i, (b, _, port) in enumerate(targets)
+    )
+    remote = [s for s in sources if not s.is_local]
+    if not targets or not remote:
+        return {}
+
+    def probe(source: Broker) -> list[str] | StepFailed:
+        try:
+            out = run_on(source, probes, timeout=10 + seconds * len(targets))
+        except StepFailed as exc:  # the caller decides what an unreachable host means
+            return exc
+        hits = {int(x) for x in out.split() if x.isdigit()}
+        return [
+            f"broker {b.node_id} {name} {b.host}:{port}"
+            for i, (b, name, port) in enumerate(targets)
+            if i in hits
+        ]
+
+    with ThreadPoolExecutor(len(remote)) as pool:
+        return dict(zip((s.node_id for s in remote), pool.map(probe, remote), strict=True))
 
 
 # --- the cluster configuration (GET /actuator/cluster) ------------------------------------
