@@ -92,7 +92,7 @@ def _data_bytes(broker: Broker) -> int:
     return int(run_on(broker, f"du -sb {directory} | cut -f1").strip() or 0)
 
 
-@step("lose the region: kill its brokers and empty their disks")
+@step("lose the region: kill its brokers and empty their disks", acts=True)
 def lose_region(
     cluster: Cluster,
     region: str,
@@ -168,7 +168,7 @@ def run_drill(
         )
         return done(f"{partitions} partitions", f"writing {rate:g} records/s, 100 B each")
 
-    @step("fail over to the surviving region")
+    @step("fail over to the surviving region", acts=True)
     def fail_over() -> Outcome:
         results = run_failover(
             cluster, region, yes=True, progress=nested_progress, control=None, **forms
@@ -193,7 +193,7 @@ def run_drill(
         )
         return done(f"{load.count()} records acknowledged so far", seen)
 
-    @step("fail back the rebuilt region")
+    @step("fail back the rebuilt region", acts=True)
     def fail_back() -> Outcome:
         marks: dict[str, float] = {}
 

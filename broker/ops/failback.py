@@ -86,7 +86,7 @@ COPY_ATTEMPTS = 3
 # --- 1. brokers ---------------------------------------------------------------------------
 
 
-@step("start the recreated region's brokers")
+@step("start the recreated region's brokers", acts=True)
 def start_region_brokers(
     cluster: Cluster,
     region: str,
@@ -154,7 +154,7 @@ def _no_sink_work(cluster: Cluster, region: str) -> str | None:
     return None
 
 
-@step("pause exporting")
+@step("pause exporting", acts=True)
 def pause_exporting(
     cluster: Cluster, region: str, *, dry_run: bool = False, timeout: float = CHANGE_TIMEOUT
 ) -> Outcome:
@@ -237,7 +237,7 @@ def copy_sink(source: str, target: str) -> str | None:
     return kept
 
 
-@step("restore the region's export sink from the surviving one")
+@step("restore the region's export sink from the surviving one", acts=True)
 def restore_export_sink(
     cluster: Cluster,
     region: str,
@@ -296,7 +296,7 @@ def restore_export_sink(
     return done(saw, f"copied it to {dst}" + (f"; the old contents are in {kept}" if kept else ""))
 
 
-@step("enable the region's exporter from the surviving one's position")
+@step("enable the region's exporter from the surviving one's position", acts=True)
 def enable_exporter(
     cluster: Cluster, region: str, *, dry_run: bool = False, timeout: float = CHANGE_TIMEOUT
 ) -> Outcome:
@@ -322,7 +322,7 @@ def enable_exporter(
     )
 
 
-@step("resume exporting")
+@step("resume exporting", acts=True)
 def resume_exporting(
     cluster: Cluster, region: str, *, dry_run: bool = False, timeout: float = CHANGE_TIMEOUT
 ) -> Outcome:
@@ -359,7 +359,7 @@ def restored(cluster: Cluster, replication_factor: int) -> Callable[[dict], bool
     return holds
 
 
-@step("add the region's brokers back with the full replication factor")
+@step("add the region's brokers back with the full replication factor", acts=True)
 def add_brokers_back(
     cluster: Cluster,
     region: str,

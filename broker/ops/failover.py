@@ -245,7 +245,7 @@ def check_survivors_healthy(
     return done(f"{seen}; {note}; configuration version {doc.get('version')}", "checked")
 
 
-@step("fence the lost region (stop whatever of it still runs)")
+@step("fence the lost region (stop whatever of it still runs)", acts=True)
 def fence_region(
     cluster: Cluster,
     region: str,
@@ -280,7 +280,7 @@ def fence_region(
     return done(f"{'; '.join(answering)} answered", "; ".join(did) + "; nothing answers now")
 
 
-@step("force-remove the lost region's brokers")
+@step("force-remove the lost region's brokers", acts=True)
 def force_remove(
     cluster: Cluster,
     region: str,
@@ -360,7 +360,7 @@ def _check_plan(planned: list[dict], removing: set[int], retained: set[int]) -> 
         )
 
 
-@step("disable the lost region's exporter")
+@step("disable the lost region's exporter", acts=True)
 def disable_exporter(
     cluster: Cluster, region: str, *, dry_run: bool = False, timeout: float = CHANGE_TIMEOUT
 ) -> Outcome:

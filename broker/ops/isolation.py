@@ -80,7 +80,7 @@ def _reaches(broker: Broker, target: Broker) -> bool:
     return "connected" in out or "refused" in out
 
 
-@step("cut the region off from the other region (nftables on its hosts)")
+@step("cut the region off from the other region (nftables on its hosts)", acts=True)
 def isolate_region(
     cluster: Cluster, region: str, *, dry_run: bool = False, approve: Callable[[str], bool]
 ) -> Outcome:
@@ -109,7 +109,7 @@ def isolate_region(
     )
 
 
-@step("restore the traffic between the regions")
+@step("restore the traffic between the regions", acts=True)
 def heal_region(cluster: Cluster, region: str, *, dry_run: bool = False) -> Outcome:
     hosts, _ = _check_separable(cluster, region)
     todo = [b for b in hosts if _isolated(b)]

@@ -41,7 +41,7 @@ DOWN_TIMEOUT = 60.0
 READY_TIMEOUT = 90.0
 
 
-@step("restart one broker and wait until the cluster is whole again")
+@step("restart one broker and wait until the cluster is whole again", acts=True)
 def restart_broker(
     cluster: Cluster,
     broker: Broker,

@@ -38,6 +38,7 @@ class StepResult:
     did: str
     seconds: float
     data: dict[str, Any] = field(default_factory=dict)
+    acted: bool = False  # a step that changes things (``@step(acts=True)``) said "done"
 
     @property
     def failed(self) -> bool:
@@ -81,12 +82,15 @@ class WaitTimeout(TimeoutError):
     pass
 
 
-def step(title: str) -> Callable[[Callable[..., Outcome]], Callable[..., StepResult]]:
+def step(
+    title: str, *, acts: bool = False
+) -> Callable[[Callable[..., Outcome]], Callable[..., StepResult]]:
     """Make a function returning an ``Outcome`` into a timed step returning a ``StepResult``.
 
     A refusal of the management API, an unreachable broker, a deadline passed
     or a gateway error fails the step with its message; anything else is a bug
-    and propagates.
+    and propagates. ``acts`` marks a step that changes the cluster, a sink or a process
+    when it says "done" (checks and waits say "done" whenever they pass).
     """
 
     def wrap(fn: Callable[..., Outcome]) -> Callable[..., StepResult]:
@@ -99,7 +103,9 @@ def step(title: str) -> Callable[[Callable[..., Outcome]], Callable[..., StepRes
                 outcome = failed(exc.saw, exc.did)
             except (ApiError, WaitTimeout, BrokerError) as exc:
                 outcome = failed(str(exc))
-            return StepResult(fn.__name__, *outcome[:3], time.monotonic() - started, outcome[3])
+            seconds = time.monotonic() - started
+            acted = acts and outcome.status == "done"
+            return StepResult(fn.__name__, *outcome[:3], seconds, outcome[3], acted)
 
         run.title = title  # type: ignore[attr-defined]
         return run

@@ -11,7 +11,14 @@ import yaml
 
 from .conftest import ROOT, ansible_env, ansible_playbook, tool
 
-PLAYBOOKS = ["deploy.yml", "verify.yml", "restart.yml", "remove.yml"]
+PLAYBOOKS = [
+    "deploy.yml",
+    "verify.yml",
+    "restart.yml",
+    "remove.yml",
+    "failover.yml",
+    "failback.yml",
+]
 EXAMPLE = ROOT / "inventories" / "example"
 
 
