@@ -356,3 +356,66 @@ def start_region(c, region, inventory=None):
     control = InventoryControl()
     for b in cluster.in_region(_region(cluster, region)):
         console.print(control.start(b))
+
+
+@task(
+    auto_shortflags=False,
+    iterable=["param"],
+    help={
+        "name": "failover, failback, rolling-restart, verify-placement (runbooks/), or a .md file",
+        "lost-region": "fills {lost_region}",
+        "region": "fills {region}",
+        "api": "fills {api}: the management API form, 8.6 or 8.8",
+        "param": "NAME=VALUE for any other placeholder (repeatable)",
+        "yes": "run destructive steps without asking",
+        "dry-run": "print every step with its commands filled in; run nothing",
+        "from-step": "start at this step (resume once a failed step is sorted out)",
+        "inventory": INVENTORY_HELP,
+    },
+)
+def runbook(
+    c,
+    name,
+    lost_region=None,
+    region=None,
+    api=None,
+    param=None,
+    yes=False,
+    dry_run=False,
+    from_step=1,
+    inventory=None,
+):
+    """Walk through a runbook: each step shown, run and verified; destructive ones asked."""
+    from broker.ops import runbook as runbooks
+
+    named = {"lost-region": lost_region, "region": region, "api": api}
+    given = {k.replace("-", "_"): v for k, v in named.items()}
+    flags = [f"--{k} {v}" for k, v in named.items() if v]
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise Exit(f"fab: --param takes NAME=VALUE, not {item!r}", code=2)
+        given[key.strip().replace("-", "_")] = value
+        flags.append(f"--param {item}")
+    path = os.path.abspath(
+        inventory or LEADING_INVENTORY or os.environ.get("BROKER_INVENTORY") or DEFAULT_INVENTORY
+    )
+    resume = " ".join(["fab runbook", name, *flags, f"--inventory {path}"])
+    try:
+        book = runbooks.load(name)
+        params = runbooks.resolve_parameters(book, given, inventory=path)
+        confirm = runbooks.terminal_confirm(runbooks.confirmation_word(params), console)
+        record = runbooks.execute(
+            book,
+            params,
+            yes=yes,
+            confirm=confirm,
+            dry_run=dry_run,
+            from_step=int(from_step),
+            console=console,
+            resume=resume,
+        )
+    except runbooks.RunbookError as exc:
+        raise Exit(f"fab: {exc}", code=2) from None
+    if record["outcome"] not in ("completed", "dry run"):
+        raise Exit(code=1)

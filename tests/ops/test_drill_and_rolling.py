@@ -12,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from broker.ops.drill import print_drill_figures, run_drill
-from broker.ops.isolation import run_isolate
+from broker.ops.isolation import run_heal, run_isolate
 from broker.ops.load import WriteLoad
 from broker.ops.rolling import run_rolling_restart
 from broker.ops.view import replica_sets
@@ -91,3 +91,8 @@ def test_isolating_a_region_that_shares_the_hosts_address_is_refused(dual):
     results = run_isolate(dual.cluster, "region1", yes=True)
     assert results[0].status == "failed"
     assert "shares addresses 127.0.0.1" in results[0].saw and "stop-region" in results[0].saw
+
+
+def test_healing_regions_that_share_an_address_has_nothing_to_do(dual):
+    (result,) = run_heal(dual.cluster, "region1")
+    assert result.status == "skipped" and "never cut" in result.saw
