@@ -197,7 +197,7 @@ class Lab:
                 self._start_sshd(h)
                 repairs.append(f"{h.name} sshd")
             self._wait_sshd(dead)
-            text = inventory.render(hosts, self.key, hosts_per_region)
+            text = inventory.render(hosts, self.key, hosts_per_region, self.dir / "export")
             inventory.write(self.inventory, text)
             self._wait_ssh(hosts, timeout)
         state = f"{len(repairs)} things built or repaired" if repairs else "it was already up"
@@ -438,6 +438,7 @@ class Lab:
 
     def _purge(self) -> None:
         shutil.rmtree(self.dir / "hosts", ignore_errors=True)
+        shutil.rmtree(self.dir / "export", ignore_errors=True)
         for name in ("id_ed25519", "ssh_host_ed25519_key"):
             for suffix in ("", ".pub"):
                 (self.dir / f"{name}{suffix}").unlink(missing_ok=True)

@@ -31,6 +31,7 @@ paramiko = pytest.importorskip("paramiko")
 pytestmark = pytest.mark.xdist_group("brk-lab")
 
 VENV_BIN = Path(sys.executable).parent
+REGION_NAMES = ("region0", "region1")
 CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], 22), timeout=1)"
 
 
@@ -126,6 +127,8 @@ def expected_inventory(lab: Lab) -> dict:
                 "broker_cluster_name": "dual-region",
                 "broker_partitions_count": 4,
                 "broker_replication_factor": 4,
+                "broker_export_dir": str(lab.dir / "export"),
+                "broker_export_sinks": {r: str(lab.dir / "export" / r) for r in REGION_NAMES},
             },
             "children": {
                 "brokers": {
