@@ -17,6 +17,7 @@ from broker.ops.api import ApiError
 from broker.ops.inventory import Broker, Cluster
 from broker.ops.steps import Outcome, StepFailed, done, step, wait_until
 from broker.ops.view import (
+    alive_map,
     docs_from,
     first_answering,
     ids_text,
@@ -243,3 +244,18 @@ def verify_placement(
     started = time.monotonic()
     seen = wait_until(placement_ok, timeout, f"placement with RF {rf} to verify")
     return done(seen, f"checked (settled after {time.monotonic() - started:.1f}s)")
+
+
+def wait_seen_dead(cluster: Cluster, region: str, timeout: float) -> str:
+    """Wait until every answering survivor sees every broker of ``region`` dead (the
+    membership's failure detection); returns what was seen."""
+    ids = cluster.ids(cluster.in_region(region))
+
+    def seen_dead() -> tuple[bool, str]:
+        seeing = []
+        for node, topo in docs_from(cluster, cluster.outside(region), "topology").items():
+            if isinstance(topo, dict):
+                seeing += [f"{node} sees {i} alive" for i in ids if alive_map(topo).get(i)]
+        return not seeing, "; ".join(seeing) or f"the survivors see {ids_text(ids)} dead"
+
+    return wait_until(seen_dead, timeout, f"the survivors to see {region} dead")

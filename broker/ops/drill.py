@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.client import BrokerError
-from broker.ops.checks import partition_count, verify_placement
+from broker.ops.checks import partition_count, verify_placement, wait_seen_dead
 from broker.ops.control import DrillControl, run_on
 from broker.ops.failback import run_failback
 from broker.ops.failover import failover_seconds, run_failover
 from broker.ops.inventory import Broker, Cluster
-from broker.ops.load import WriteLoad
+from broker.ops.load import WriteLoad, read_back
 from broker.ops.report import outcome
 from broker.ops.steps import (
     Outcome,
@@ -48,9 +48,8 @@ from broker.ops.steps import (
     plan,
     run_procedure,
     step,
-    wait_until,
 )
-from broker.ops.view import alive_map, docs_from, ids_text
+from broker.ops.view import ids_text
 
 DETECT_TIMEOUT = 60.0
 OUTAGE_WRITE_TIMEOUT = 30.0
@@ -109,14 +108,7 @@ def lose_region(
     started = time.monotonic()
     did = [control.kill(b) for b in lost] + [control.wipe(b) for b in lost]
 
-    def seen_dead() -> tuple[bool, str]:
-        seeing = []
-        for node, topo in docs_from(cluster, cluster.outside(region), "topology").items():
-            if isinstance(topo, dict):
-                seeing += [f"{node} sees {i}" for i in ids if alive_map(topo).get(i)]
-        return not seeing, "; ".join(seeing) or f"the survivors see {ids_text(ids)} dead"
-
-    seen = wait_until(seen_dead, timeout, f"the survivors to see {region} dead")
+    seen = wait_seen_dead(cluster, region, timeout)
     figures.detection_seconds = round(time.monotonic() - started, 3)
     return done(
         f"brokers {ids_text(ids)} of {region} were running",
@@ -158,15 +150,12 @@ def run_drill(
 
     @step("start a steady write load through every gateway")
     def start_write_load() -> Outcome:
-        partitions = partition_count(cluster, cluster.brokers)
-        load = WriteLoad(everyone, partitions, rate=rate, label=f"drill-{region}").start()
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        load = WriteLoad(everyone, prefix=f"drill-{region}-{stamp}", rate=rate)
         state["load"] = load
-        wait_until(
-            lambda: (load.count() > 0, f"{load.count()} acknowledged"),
-            OUTAGE_WRITE_TIMEOUT,
-            "the first acknowledged write",
-        )
-        return done(f"{partitions} partitions", f"writing {rate:g} records/s, 100 B each")
+        load.start()
+        load.wait_for(lambda: bool(load.acks), OUTAGE_WRITE_TIMEOUT, "a first acknowledged write")
+        return done(f"gateways {everyone}", f"writing {rate:g} records/s, unkeyed (round-robin)")
 
     @step("fail over to the surviving region", acts=True)
     def fail_over() -> Outcome:
@@ -183,15 +172,15 @@ def run_drill(
         load: WriteLoad = state["load"]
         count = partition_count(cluster, survivors)
         since = state["failed_over_at"]
-        seen = wait_until(
-            lambda: (
-                len(got := load.acked_since(since)) == count,
-                f"writes acknowledged on partitions {ids_text(got)} since the failover",
-            ),
+        load.wait_for(
+            lambda: len(load.partitions_acked_since(since)) == count,
             OUTAGE_WRITE_TIMEOUT,
-            "the load's writes on every partition",
+            "writes sent after the failover acknowledged on every partition",
         )
-        return done(f"{load.count()} records acknowledged so far", seen)
+        return done(
+            f"{len(load.acks)} records acknowledged so far, {load.failed} not",
+            f"writes sent after the failover acknowledged on all {count} partitions",
+        )
 
     @step("fail back the rebuilt region", acts=True)
     def fail_back() -> Outcome:
@@ -224,7 +213,7 @@ def run_drill(
 
     @step("stop the load and read back every acknowledged record")
     def check_no_data_lost() -> Outcome:
-        return _check(state, figures, everyone)
+        return _check(state, figures, cluster)
 
     steps = plan(
         (verify_placement, lambda: verify_placement(cluster, cluster.brokers)),
@@ -243,27 +232,31 @@ def run_drill(
     finally:
         if "load" in state and "checked" not in state:
             try:  # a failed drill still says what it lost, if the cluster can tell
-                _check(state, figures, everyone)
+                _check(state, figures, cluster)
             except BrokerError as exc:
                 figures.check_error = str(exc)
     return results, figures
 
 
-def _check(state: dict[str, Any], figures: DrillFigures, gateways: str) -> Outcome:
+def _check(state: dict[str, Any], figures: DrillFigures, cluster: Cluster) -> Outcome:
     load: WriteLoad = state["load"]
     state["checked"] = True
-    tally = load.stop()
-    found, lost = load.read_back(gateways)
-    figures.acknowledged, figures.found = len(tally.acked), found
-    figures.lost, figures.failed_writes = len(lost), tally.failed
+    load.stop()
+    if load.crash is not None:
+        raise StepFailed(f"the write load crashed: {load.crash!r}")
+    acks = load.snapshot()
+    gateways = ",".join(b.gateway for b in cluster.brokers)
+    rb = read_back(gateways, acks, cluster.partitions, load.prefix)
+    figures.acknowledged, figures.found, figures.lost = rb.acknowledged, rb.found, len(rb.lost)
+    figures.failed_writes = load.failed
     saw = (
-        f"{len(tally.acked)} records acknowledged ({tally.bytes_acked} bytes), "
-        f"{tally.failed} writes not acknowledged (not counted)"
+        f"{rb.acknowledged} records acknowledged; {load.failed} writes not acknowledged "
+        f"(not promised; {rb.unacknowledged_committed} of them were committed anyway)"
     )
-    if lost:
-        sample = ", ".join(r.decode(errors="replace")[:24] for r in lost[:3])
-        return failed(saw, f"LOST {len(lost)} acknowledged records, e.g. {sample}")
-    return done(saw, f"all {found} found at their positions: nothing lost")
+    if rb.lost:
+        sample = ", ".join(f"p{a.partition}@{a.position}" for a in rb.lost[:3])
+        return failed(saw, f"LOST {len(rb.lost)} acknowledged records, e.g. {sample}")
+    return done(saw, f"all {rb.found} found at their positions: nothing lost")
 
 
 def print_drill_figures(figures: DrillFigures, console: Console) -> None:

@@ -1,149 +1,213 @@
 """A steady write load that remembers every acknowledged record: the proof of "no data lost".
 
-A drill (or the demo) keeps writing while a region is lost, failed over and
-failed back. Only acknowledged records count: a write that failed or timed out
-may or may not have been kept, but an acknowledged one must be readable at the
-position it was acknowledged at, afterwards, forever.
+A background thread appends unique records at a steady rate while a region is lost,
+failed over and failed back (``fab drill``, ``make demo``).
 
-    load = WriteLoad(gateways, partitions=8, rate=200)
-    load.start(); ...; load.stop()
-    found, lost = load.read_back(gateways)
+Every acknowledged append is kept as ``Ack(partition, position, payload, sent,
+acked)``; a failed one (UNAVAILABLE, DEADLINE_EXCEEDED, a lost connection) is
+only counted: the client cannot know whether it was committed, and the cluster
+promises only what it acknowledged. ``read_back`` reads every partition
+from its first position and checks each acknowledged record is there, at its
+position, with its payload.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from concurrent.futures import Future, wait
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from broker.client import BrokerClient, BrokerError
 
-MAX_IN_FLIGHT = 64
-REQUEST_TIMEOUT = 5.0
+READ_BATCH = 1000
 
 
-@dataclass
-class LoadTally:
-    acked: dict[bytes, tuple[int, int]] = field(default_factory=dict)  # record -> (p, position)
-    failed: int = 0
-    last_ack: dict[int, float] = field(default_factory=dict)  # partition -> monotonic time
-    bytes_acked: int = 0
+@dataclass(frozen=True)
+class Ack:
+    partition: int
+    position: int
+    payload: bytes
+    sent: float  # time.monotonic() when sent
+    acked: float  # ... and when acknowledged
 
 
 class WriteLoad:
-    """``rate`` records per second, round-robin over the partitions, at most
-    ``MAX_IN_FLIGHT`` outstanding; stops by itself after ``max_seconds``."""
+    """``rate`` appends per second, at most ``window`` in flight, for at most
+    ``max_seconds``; ``stop()`` ends it and waits for the answers in flight."""
 
     def __init__(
         self,
         gateways: str,
-        partitions: int,
         *,
-        rate: float = 200.0,
-        label: str = "load",
-        max_seconds: float = 900.0,
-        record_bytes: int = 100,
+        prefix: str,
+        rate: float = 100.0,
+        window: int = 16,
+        timeout: float = 5.0,
+        max_seconds: float = 600.0,
+        cluster_name: str = "dual-region",
     ):
         self.gateways = gateways
-        self.partitions = partitions
+        self.prefix = prefix
         self.rate = rate
-        self.label = label
+        self.window = window
+        self.timeout = timeout
         self.max_seconds = max_seconds
-        self.record_bytes = record_bytes
-        self.tally = LoadTally()
-        self._lock = threading.Lock()
+        self.cluster_name = cluster_name
+        self.acks: list[Ack] = []
+        self.failed = 0
+        self.errors: Counter[str] = Counter()
+        self.sent = 0
+        self.started_at = 0.0
+        self.stopped_at = 0.0
+        self._cond = threading.Condition()
+        self._slots = threading.Semaphore(window)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"{prefix}-write-load", daemon=True)
+        self.crash: BaseException | None = None
 
-    def start(self) -> WriteLoad:
-        self._thread = threading.Thread(target=self._run, name=f"{self.label}-load", daemon=True)
+    # --- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.started_at = time.monotonic()
         self._thread.start()
-        return self
 
-    def stop(self) -> LoadTally:
-        """Stop submitting, wait for the outstanding answers, return the tally."""
+    def stop(self) -> None:
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(REQUEST_TIMEOUT * 3)
-        if self._error is not None:
-            raise RuntimeError(f"the write load crashed: {self._error!r}") from self._error
-        return self.tally
+        if self._thread.is_alive():
+            self._thread.join(self.timeout + 30)
+        self.stopped_at = self.stopped_at or time.monotonic()
 
-    def acked_since(self, since: float) -> list[int]:
-        """Partitions with an acknowledgement at or after the monotonic time ``since``."""
-        with self._lock:
-            return sorted(p for p, t in self.tally.last_ack.items() if t >= since)
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
 
-    def count(self) -> int:
-        with self._lock:
-            return len(self.tally.acked)
+    def wait_for(self, holds: Callable[[], bool], timeout: float, what: str) -> None:
+        """Wait (on the load's condition, woken at every answer) until ``holds()``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not holds():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"gave up after {timeout:g}s waiting for {what}")
+                if not self._thread.is_alive():
+                    raise RuntimeError(f"the write load stopped ({self.crash!r}) before {what}")
+                self._cond.wait(min(left, 1.0))
 
-    def _record(self, n: int) -> bytes:
-        head = f"{self.label} {n:09d} "
-        return (head + "x" * max(0, self.record_bytes - len(head))).encode()
+    # --- what it saw ---------------------------------------------------------------------------
+
+    def snapshot(self) -> list[Ack]:
+        with self._cond:
+            return list(self.acks)
+
+    def partitions_acked_since(self, since: float) -> set[int]:
+        """Partitions with an acknowledged record that was sent at or after ``since``."""
+        with self._cond:
+            return {a.partition for a in self.acks if a.sent >= since}
+
+    def first_acks_after(self, since: float) -> dict[int, float]:
+        """Partition -> seconds from ``since`` to the first acknowledgement of a record
+        sent at or after ``since``."""
+        first: dict[int, float] = {}
+        for a in self.snapshot():
+            if a.sent >= since:
+                first[a.partition] = min(first.get(a.partition, a.acked), a.acked)
+        return {p: t - since for p, t in first.items()}
+
+    def acked_between(self, start: float, end: float) -> int:
+        return sum(1 for a in self.snapshot() if start <= a.acked <= end)
+
+    # --- the thread ---------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            self._write()
-        except BaseException as exc:  # reported by stop()
-            self._error = exc
+            with BrokerClient(
+                self.gateways, cluster_name=self.cluster_name, timeout=self.timeout
+            ) as client:
+                self._loop(client)
+                # every request in flight ends by its deadline: take all the slots back
+                deadline = time.monotonic() + self.timeout + 5
+                for _ in range(self.window):
+                    if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                        break
+        except BaseException as exc:  # reported through wait_for / the summary
+            self.crash = exc
+        finally:
+            self.stopped_at = time.monotonic()
+            with self._cond:
+                self._cond.notify_all()
 
-    def _write(self) -> None:
-        started = time.monotonic()
-        in_flight = threading.Semaphore(MAX_IN_FLIGHT)
-        outstanding: set[Future] = set()
-        n = 0
-        with BrokerClient(self.gateways, timeout=REQUEST_TIMEOUT) as client:
-            while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
-                due = started + n / self.rate
-                if (ahead := due - time.monotonic()) > 0 and self._stop.wait(ahead):
-                    break
-                if not in_flight.acquire(timeout=REQUEST_TIMEOUT):
-                    continue  # everything in flight is stuck (an outage): try again
-                data = self._record(n)
-                partition = n % self.partitions + 1
-                n += 1
-                fut = client.append_async(data, partition)
-                outstanding.add(fut)
-                fut.add_done_callback(lambda f, d=data: (self._answered(f, d), in_flight.release()))
-                outstanding = {f for f in outstanding if not f.done()}
-            wait(outstanding, REQUEST_TIMEOUT * 2)  # answers are counted in _answered
+    def _loop(self, client: BrokerClient) -> None:
+        interval = 1.0 / self.rate
+        next_at = time.monotonic()
+        end = self.started_at + self.max_seconds
+        seq = 0
+        while not self._stop.is_set() and time.monotonic() < end:
+            if not self._slots.acquire(timeout=0.2):
+                continue
+            wait = next_at - time.monotonic()
+            if wait > 0 and self._stop.wait(wait):  # pacing; returns at once on stop
+                self._slots.release()
+                break
+            next_at = max(next_at + interval, time.monotonic() - 1.0)
+            payload = f"{self.prefix}-{seq:07d}".encode()
+            seq += 1
+            sent = time.monotonic()
+            self.sent += 1
+            try:
+                fut = client.append_async(payload)
+            except (BrokerError, OSError) as exc:
+                self._failed(exc)
+                continue
+            fut.add_done_callback(lambda f, p=payload, t=sent: self._answered(f, p, t))
 
-    def _answered(self, fut: Future, data: bytes) -> None:
-        try:
-            appended = fut.result()
-        except BrokerError:
-            with self._lock:
-                self.tally.failed += 1
+    def _answered(self, fut: Future, payload: bytes, sent: float) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            self._failed(exc)
             return
-        with self._lock:
-            self.tally.acked[data] = (appended.partition, appended.position)
-            self.tally.last_ack[appended.partition] = time.monotonic()
-            self.tally.bytes_acked += len(data)
+        r = fut.result()
+        with self._cond:
+            self.acks.append(Ack(r.partition, r.position, payload, sent, time.monotonic()))
+            self._cond.notify_all()
+        self._slots.release()
 
-    def read_back(self, gateways: str) -> tuple[int, list[bytes]]:
-        """(acknowledged records found at their positions, the ones that are not)."""
-        with self._lock:
-            acked = dict(self.tally.acked)
-        found = read_partitions(gateways, {p for p, _ in acked.values()})
-        lost = [rec for rec, (p, pos) in acked.items() if found[p].get(pos) != rec]
-        return len(acked) - len(lost), lost
+    def _failed(self, exc: BaseException) -> None:
+        with self._cond:
+            self.failed += 1
+            self.errors[getattr(exc, "code", type(exc).__name__)] += 1
+            self._cond.notify_all()
+        self._slots.release()
 
 
-def read_partitions(gateways: str, partitions: Iterable[int]) -> dict[int, dict[int, bytes]]:
-    """Every committed record of the partitions: partition -> {position: data}."""
-    out: dict[int, dict[int, bytes]] = {}
-    with BrokerClient(gateways, timeout=30.0) as client:
-        for p in partitions:
-            records, position = {}, 1
+@dataclass
+class ReadBack:
+    acknowledged: int
+    found: int
+    lost: list[Ack] = field(default_factory=list)
+    unacknowledged_committed: int = 0  # failed appends that were committed anyway
+    records: int = 0  # records read in all
+
+
+def read_back(
+    gateways: str, acks: list[Ack], partitions: int, prefix: str, timeout: float = 15.0
+) -> ReadBack:
+    """Read every partition from position 1 and check each acknowledged record."""
+    found: dict[tuple[int, int], bytes] = {}
+    with BrokerClient(gateways, timeout=timeout) as client:
+        for partition in range(1, partitions + 1):
+            position = 1
             while True:
-                page = client.read(p, position, 1000)
-                if not page.records:
+                r = client.read(partition, position, READ_BATCH)
+                if not r.records:
                     break
-                records.update(page.records)
-                position = page.next
-            out[p] = records
-    return out
+                for pos, data in r.records:
+                    found[(partition, pos)] = data
+                position = r.next
+    lost = [a for a in acks if found.get((a.partition, a.position)) != a.payload]
+    acked_payloads = {a.payload for a in acks}
+    mine = prefix.encode() + b"-"
+    extra = sum(1 for d in found.values() if d.startswith(mine) and d not in acked_payloads)
+    return ReadBack(len(acks), len(acks) - len(lost), lost, extra, len(found))

@@ -19,7 +19,7 @@ import pytest
 
 from broker.lab import unavailable_reason
 from broker.ops import load_inventory
-from broker.ops.load import WriteLoad
+from broker.ops.load import WriteLoad, read_back
 from broker.ops.view import api_of, first_answering, replica_sets
 from tests.ansible.conftest import ansible_playbook
 from tests.helpers import wait_until
@@ -138,16 +138,17 @@ def test_a_cut_between_the_regions_is_not_failed_over(deployed, cluster, tmp_pat
 
 def test_fab_rolling_restart_over_ssh_keeps_writing(deployed, cluster, tmp_path):
     gateways = ",".join(b.gateway for b in cluster.brokers)
-    load = WriteLoad(gateways, cluster.partitions, rate=100, label="lab-rolling").start()
+    load = WriteLoad(gateways, prefix="lab-rolling", rate=100)
+    load.start()
     try:
         run = fab(deployed.inventory, "rolling-restart", "--yes", audit=tmp_path, timeout=600)
     finally:
-        tally = load.stop()
+        load.stop()
     assert run.returncode == 0, (run.stdout + run.stderr)[-5000:]
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("*-rolling-restart-*.json")]
     assert record["outcome"] == "completed"
     restarted = [s["name"] for s in record["steps"] if s["status"] == "done"]
     assert restarted == ["verify_placement", *(f"restart_broker_{n}" for n in (0, 2, 1, 3))]
     assert all("over SSH" in s["did"] for s in record["steps"][1:])
-    found, lost = load.read_back(gateways)
-    assert not lost and found == len(tally.acked) > 0
+    rb = read_back(gateways, load.snapshot(), cluster.partitions, load.prefix)
+    assert not rb.lost and rb.found == rb.acknowledged > 0

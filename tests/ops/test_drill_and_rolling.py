@@ -13,7 +13,7 @@ from rich.console import Console
 
 from broker.ops.drill import print_drill_figures, run_drill
 from broker.ops.isolation import run_heal, run_isolate
-from broker.ops.load import WriteLoad
+from broker.ops.load import WriteLoad, read_back
 from broker.ops.rolling import run_rolling_restart
 from broker.ops.view import replica_sets
 from tests.ops.test_procedures import explain, statuses
@@ -67,17 +67,18 @@ def test_a_drill_is_destructive_and_needs_a_confirmation(dual):
 
 def test_a_rolling_restart_keeps_every_write_and_restarts_each_broker_once(dual):
     pids = {n: p.pid for n, p in dual.c.procs.items()}
-    load = WriteLoad(dual.c.gateways(), dual.c.partitions, rate=150, label="rolling").start()
+    load = WriteLoad(dual.c.gateways(), prefix="rolling", rate=150)
+    load.start()
     try:
         results = run_rolling_restart(dual.cluster, control=dual.control, yes=True)
     finally:
-        tally = load.stop()
+        load.stop()
     names = ["verify_placement", *(f"restart_broker_{n}" for n in (0, 2, 1, 3))]
     assert [r.name for r in results] == names, explain(results)
     assert all(r.status == "done" for r in results), explain(results)
     assert all(dual.c.procs[n].pid != pid for n, pid in pids.items())
-    found, lost = load.read_back(dual.c.gateways())
-    assert not lost and found == len(tally.acked) > 0
+    rb = read_back(dual.c.gateways(), load.snapshot(), dual.c.partitions, load.prefix)
+    assert not rb.lost and rb.found == rb.acknowledged > 0
 
 
 def test_a_rolling_restart_asks_first_and_restarts_nothing_unasked(dual):
