@@ -15,7 +15,9 @@ The format is the project's (``inventories/local``, ``inventories/lab``)::
 Node id = ``broker_node_id`` if given, else ordinal * regions + region id.
 Variables come, lowest precedence first, from ``all``, each group on the way
 down to the host (inline ``vars`` then ``group_vars/<group>.yml``), then the
-host (inline, then ``host_vars/<host>.yml``). Values written as Jinja
+host (inline, then ``host_vars/<host>.yml``); below all of them, the broker
+role's defaults for where things live on a host (``ROLE_DEFAULT_KEYS``), as
+Ansible would apply them. Values written as Jinja
 templates (``"{{ 26600 + broker_local_node_id | int }}"``) are rendered with
 jinja2 when it is installed (it comes with the ops extra); templates that need
 Ansible itself (``lookup(...)``) stay unrendered and are not used here.
@@ -35,6 +37,24 @@ import yaml
 BROKER_GROUP = "brokers"
 DEFAULT_PORTS = {"gateway": 26500, "internal": 26502, "management": 9600}
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+ROLE_DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "broker" / "defaults" / "main.yml"
+# where the role puts the config, the virtualenv and the data; how it names the service
+ROLE_DEFAULT_KEYS = (
+    "broker_config_dir",
+    "broker_config_file",
+    "broker_install_dir",
+    "broker_venv_dir",
+    "broker_data_dir",
+    "broker_service_name",
+)
+
+
+def _role_defaults() -> dict[str, Any]:
+    try:
+        defaults = yaml.safe_load(ROLE_DEFAULTS.read_text()) or {}
+    except OSError:  # installed without the roles (a wheel): the inventory must say
+        return {}
+    return {k: defaults[k] for k in ROLE_DEFAULT_KEYS if k in defaults}
 
 
 class InventoryError(Exception):
@@ -148,7 +168,7 @@ def load_inventory(path: str | os.PathLike) -> Cluster:
         raise InventoryError(f"inventory {path} is not valid YAML: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("all"), dict):
         raise InventoryError(f"inventory {path} has no top-level 'all' group")
-    hosts = _hosts_under(doc["all"], "all", [], path.parent, inside=False)
+    hosts = _hosts_under(doc["all"], "all", [_role_defaults()], path.parent, inside=False)
     if not hosts:
         raise InventoryError(f"inventory {path} has no hosts in a '{BROKER_GROUP}' group")
     region_count = len({v.get("broker_region_id") for _, v in hosts})
