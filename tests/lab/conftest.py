@@ -6,46 +6,26 @@ machine lock (another pytest worker waits for it) and refuses to touch a lab it 
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import time
-
 import pytest
 
-from broker.lab import Lab, network
+from broker.lab import Lab
+from tests.labutil import TEST_LOCK, apply_xdist_groups, machine_lock, skip_for_foreign_lab
+
+__all__ = ["HOSTS_PER_REGION", "TEST_LOCK", "machine_lock"]
 
 HOSTS_PER_REGION = 2
-TEST_LOCK = "/run/lock/brk-lab-tests.lock"
 
 
-@contextlib.contextmanager
-def machine_lock(timeout: float = 300.0):
-    with open(TEST_LOCK, "a") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another lab test run held {TEST_LOCK} for {timeout:g}s")
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    # every lab test on one worker, one after another (see tests/labutil.py)
+    apply_xdist_groups(config, items)
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     with machine_lock():
-        if existing := network.netns_list():
-            reason = (
-                f"a lab is already up ({', '.join(existing)}); not touching it "
-                "(`python -m broker.lab down` removes it)"
-            )
-            print(reason)
-            pytest.skip(reason)
+        skip_for_foreign_lab()
         root = tmp_path_factory.mktemp("lab")
         lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
         try:

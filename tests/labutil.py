@@ -1,0 +1,83 @@
+"""What every lab-using test shares, in tests/lab and tests/ansible alike.
+
+Network namespaces are machine-wide, so only one lab can exist at a time. Every test that
+brings one up is marked ``pytest.mark.xdist_group("brk-lab")`` (with ``--dist loadgroup`` they
+all run on one worker, one after another) and holds :func:`machine_lock` while its lab exists,
+so a second pytest run on the same machine waits instead of tearing it down. A lab that a test
+did not bring up is never touched: :func:`foreign_lab` names it and the test skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import time
+
+import pytest
+
+from broker.lab import network
+
+TEST_LOCK = "/run/lock/brk-lab-tests.lock"
+
+
+@contextlib.contextmanager
+def machine_lock(timeout: float = 300.0):
+    with open(TEST_LOCK, "a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"another lab test run held {TEST_LOCK} for {timeout:g}s")
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def foreign_lab() -> str | None:
+    """Why a lab that is up must be left alone (call it holding the lock), or None."""
+    if existing := network.netns_list():
+        return (
+            f"a lab is already up ({', '.join(existing)}); not touching it "
+            "(`python -m broker.lab down` removes it)"
+        )
+    return None
+
+
+def skip_for_foreign_lab() -> None:
+    if reason := foreign_lab():
+        print(reason)
+        pytest.skip(reason)
+
+
+def apply_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Make ``xdist_group`` marks group tests again under ``--dist loadgroup``.
+
+    pytest-xdist (3.8) groups a test by appending ``@<group>`` to ``item._nodeid`` on the
+    worker; pytest 9 derives ``Node.nodeid`` from ``Node._id`` instead, so the suffix is lost,
+    every lab test is its own work unit and two workers bring labs up at once (one of them
+    then waits on the machine lock, or times out). This applies the suffix where pytest 9
+    keeps the id; it does nothing where the id already carries it (xdist ran first and worked).
+    """
+    if not getattr(config.option, "loadgroup", False):
+        return
+    try:
+        from _pytest.nodeid import NodeId
+    except ImportError:  # an older pytest: xdist's own suffix works there
+        return
+    for item in items:
+        names = {
+            str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+            for mark in item.iter_markers("xdist_group")
+        }
+        old = getattr(item, "_id", None)
+        if not names or not isinstance(old, NodeId) or "@" in old.names[-1]:
+            continue
+        # the whole tail in the last name, so that str(), .rest and copies all read the same
+        params = "" if old.params is None else f"[{old.params}]"
+        last = f"{old.names[-1]}{params}@{'_'.join(sorted(names))}"
+        item._id = NodeId(path=old.path, names=(*old.names[:-1], last))
