@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 from rich.console import Console
 from rich.table import Table
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"unknown section(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tables
     for name in names:
         section = importlib.import_module(f"bench.{name}")
         with console.status(f"running {name} ..."):
