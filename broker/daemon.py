@@ -146,12 +146,12 @@ def stop(config: str | None, wait: float = 30.0, kill: bool = False) -> int:
         return 0
     os.kill(pid, signal.SIGKILL if kill else signal.SIGTERM)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.05)  # waiting for another process to exit, bounded by the deadline
-    if _alive(pid) and not kill:
+    if pid_alive(pid) and not kill:
         print(f"broker {cfg.cluster.node_id} (pid {pid}) ignored SIGTERM; killing it")
         os.kill(pid, signal.SIGKILL)
-    while _alive(pid):  # SIGKILL cannot be ignored: this ends
+    while pid_alive(pid):  # SIGKILL cannot be ignored: this ends
         time.sleep(0.05)
     if os.path.exists(pid_file):
         os.unlink(pid_file)
@@ -196,14 +196,17 @@ def status(config: str | None) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Is ``pid`` a live process? A zombie counts as gone; another user's process as alive."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    try:  # a zombie child of ours counts as exited
+    except PermissionError:
+        return True
+    try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
     except OSError:
         return False
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from broker.daemon import pid_alive
 from broker.localcluster import free_ports
 from broker.ops import Broker, Cluster, load_inventory
 from broker.ops.view import answering_ports
@@ -37,21 +38,6 @@ class DemoError(Exception):
 
 
 # --- processes -----------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Is ``pid`` a live process (a zombie counts as gone)?"""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cmdline(pid: int) -> list[str]:

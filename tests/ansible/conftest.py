@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from broker.daemon import pid_alive
 from broker.localcluster import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,20 +150,6 @@ class LocalInventory:
         for pid in self.pids().values():  # a broker whose venv or config went away
             if pid_alive(pid) and _is_broker(pid):
                 os.kill(pid, 15)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _is_broker(pid: int) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from broker.lab import Lab
+from tests.ansible.conftest import broker_sources  # noqa: F401 (the shared source snapshot)
 from tests.labutil import TEST_LOCK, apply_xdist_groups, machine_lock, skip_for_foreign_lab
 
 __all__ = ["HOSTS_PER_REGION", "TEST_LOCK", "machine_lock"]

@@ -18,15 +18,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import re
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from broker.lab import Lab, network, unavailable_reason
 from broker.ops.load import Ack, WriteLoad, read_back
-from tests.ansible.conftest import ROOT, Run, ansible_playbook
+from tests.ansible.conftest import Run, ansible_playbook
 
 REASON = unavailable_reason()
 if REASON:
@@ -41,18 +39,6 @@ GATEWAY_PORT = 26500
 LOAD_RATE = 150  # records/s
 LOAD_MAX_SECONDS = 300  # the load stops by itself after this
 STALL_LIMIT = 15.0  # longest stretch without a new acknowledgement during the restart
-
-
-@pytest.fixture(scope="module")
-def broker_sources(tmp_path_factory) -> Path:
-    """What the wheel is built from, copied once (as tests/ansible/conftest.py does)."""
-    snap = tmp_path_factory.mktemp("project")
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, snap / name)
-    shutil.copytree(
-        ROOT / "broker", snap / "broker", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    return snap
 
 
 def broker_pids(lab: Lab) -> dict[str, int]:
