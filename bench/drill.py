@@ -11,7 +11,9 @@ Each round is `fab drill` (broker.ops.drill.run_drill) for one region, alternati
 region1 / region0, under a 200 records/s load: acknowledged records lost (must be 0),
 failover RTO (failover start to an acknowledged write on every partition), failback
 duration, catch-up rate (bytes the rebuilt region's disks received while its replicas
-caught up, per second), and failure detection (kill to "dead" on every survivor).
+caught up, per second; BENCH_DRILL_PRELOAD_MB, default 64, of 16 KiB records are written
+during each outage so the rebuilt region has a real log to catch up with), and failure
+detection (kill to "dead" on every survivor).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from broker.ops.drill import run_drill
 
 INVENTORY = os.environ.get("BENCH_DRILL_INVENTORY", "inventories/lab/hosts.yml")
 ROUNDS = int(os.environ.get("BENCH_DRILL_ROUNDS", "5"))
+PRELOAD_MB = float(os.environ.get("BENCH_DRILL_PRELOAD_MB", "64"))
 
-TITLE = f"Region-loss drills over SSH ({INVENTORY}), {ROUNDS} per region"
+TITLE = f"Region-loss drills over SSH ({INVENTORY}), {ROUNDS} per region, {PRELOAD_MB:g} MB grown"
 COLUMNS = [
     ("region", "region", "{}"),
     ("lost", "acked lost", "{}"),
@@ -44,7 +47,9 @@ def run() -> list[dict]:
     per_region: dict[str, list] = {r: [] for r in ("region1", "region0")}
     for _ in range(ROUNDS):
         for region in per_region:
-            results, figures = run_drill(cluster, region, control=InventoryControl(), yes=True)
+            results, figures = run_drill(
+                cluster, region, control=InventoryControl(), yes=True, preload_mb=PRELOAD_MB
+            )
             if results[-1].failed:
                 raise SystemExit(
                     f"drill of {region} failed at {results[-1].name}: {results[-1].saw}"

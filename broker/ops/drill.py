@@ -29,7 +29,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from broker.client import BrokerError
+from broker.client import BrokerClient, BrokerError
 from broker.ops.checks import partition_count, verify_placement, wait_seen_dead
 from broker.ops.control import DrillControl, run_on
 from broker.ops.failback import run_failback
@@ -116,6 +116,28 @@ def lose_region(
     )
 
 
+PRELOAD_RECORD = 16 * 1024
+PRELOAD_WINDOW = 64
+
+
+def _grow_log(gateways: str, megabytes: float) -> str:
+    """Append ``megabytes`` of 16 KiB records, pipelined; every one must be acknowledged
+    (they are read back with the rest at the end only by count, not content)."""
+    count = int(megabytes * 1e6 // PRELOAD_RECORD)
+    payload = b"p" * PRELOAD_RECORD
+    started = time.monotonic()
+    with BrokerClient(gateways, timeout=30.0) as client:
+        pending = []
+        for _ in range(count):
+            pending.append(client.append_async(payload))
+            if len(pending) >= PRELOAD_WINDOW:
+                pending.pop(0).result()
+        for fut in pending:
+            fut.result()
+    seconds = time.monotonic() - started
+    return f"; grew the log by {count * PRELOAD_RECORD / 1e6:.0f} MB in {seconds:.1f}s"
+
+
 def _nested(name: str, results: list[StepResult], total: int) -> Outcome:
     result = outcome(results, total)
     summary = ", ".join(f"{r.name} {r.status}" for r in results)
@@ -137,9 +159,12 @@ def run_drill(
     progress: Progress | None = None,
     nested_progress: Progress | None = None,
     rate: float = 200.0,
+    preload_mb: float = 0.0,
 ) -> tuple[list[StepResult], DrillFigures]:
     """Run the drill; returns its steps and its figures. Stops at the first failed step
-    (the load is stopped then too, and whatever was acknowledged is still checked)."""
+    (the load is stopped then too, and whatever was acknowledged is still checked).
+    ``preload_mb`` more megabytes of log written during the outage give the failback's
+    catch-up a volume worth timing."""
     cluster.check_region(region)
     approve = ask_or_refuse(yes, confirm)
     figures = DrillFigures(region)
@@ -177,9 +202,10 @@ def run_drill(
             OUTAGE_WRITE_TIMEOUT,
             "writes sent after the failover acknowledged on every partition",
         )
+        grown = _grow_log(",".join(b.gateway for b in survivors), preload_mb) if preload_mb else ""
         return done(
             f"{len(load.acks)} records acknowledged so far, {load.failed} not",
-            f"writes sent after the failover acknowledged on all {count} partitions",
+            f"writes sent after the failover acknowledged on all {count} partitions{grown}",
         )
 
     @step("fail back the rebuilt region", acts=True)

@@ -32,14 +32,18 @@ DRILL_STEPS = [
 @pytest.mark.parametrize("region", ["region0", "region1"])
 def test_a_drill_loses_no_acknowledged_record_for_either_region(dual, region):
     before = {b.node_id: dual.c.procs[b.node_id].pid for b in dual.cluster.in_region(region)}
-    results, figures = run_drill(dual.cluster, region, control=dual.control, yes=True, rate=150)
+    results, figures = run_drill(
+        dual.cluster, region, control=dual.control, yes=True, rate=150, preload_mb=2
+    )
     assert [r.name for r in results] == DRILL_STEPS, explain(results)
     assert all(r.status == "done" for r in results), explain(results)
 
     assert figures.acknowledged > 0 and figures.found == figures.acknowledged
     assert figures.lost == 0 and figures.check_error is None
     assert figures.failover_rto_seconds is not None and figures.failover_rto_seconds > 0
-    assert figures.failback_seconds and figures.catch_up_bytes and figures.catch_up_bytes > 0
+    assert "grew the log by 2 MB" in results[4].did, explain(results)
+    # the rebuilt region received at least the grown log on each of its 2 brokers' disks
+    assert figures.failback_seconds and figures.catch_up_bytes > 2 * 2_000_000
     assert [s["status"] for s in figures.nested["failover"]].count("failed") == 0
     # the region came back as new processes on empty disks, at full RF, 2+2
     for node, pid in before.items():
