@@ -10,32 +10,24 @@ did not bring up is never touched: :func:`foreign_lab` names it and the test ski
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import time
 
 import pytest
 
-from broker.lab import network
+from broker.lab import LabError, network
+from broker.lab.hosts import exclusive
 
 TEST_LOCK = "/run/lock/brk-lab-tests.lock"
 
 
 @contextlib.contextmanager
 def machine_lock(timeout: float = 300.0):
-    with open(TEST_LOCK, "a") as f:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"another lab test run held {TEST_LOCK} for {timeout:g}s")
-                time.sleep(0.2)
-        try:
+    try:
+        with exclusive(TEST_LOCK, timeout, "another lab test run"):
             yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    except LabError as exc:
+        if "held " + TEST_LOCK not in str(exc):
+            raise
+        pytest.fail(str(exc))
 
 
 def foreign_lab() -> str | None:

@@ -130,6 +130,25 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
+@contextlib.contextmanager
+def exclusive(path: str, timeout: float, holder: str):
+    """Hold an exclusive flock on ``path``; LabError naming ``holder`` after ``timeout``."""
+    with open(path, "a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"{holder} held {path} for {timeout:g}s") from None
+                time.sleep(0.1)  # polling a lock another process holds, bounded by the deadline
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class Lab:
     """The lab under ``dir`` (keys, sshd config, per-host data), with the inventory it writes."""
 
@@ -325,23 +344,9 @@ class Lab:
         if network.ROUTER not in network.netns_list():
             raise LabError(f"the lab is not up (no {network.ROUTER} namespace): run `lab up`")
 
-    @contextlib.contextmanager
     def _locked(self, timeout: float = 120.0):
         """One lab operation at a time on this machine (namespaces are machine-wide)."""
-        with open(LOCK, "a") as f:
-            deadline = time.monotonic() + timeout
-            while True:
-                try:
-                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise LabError(f"another lab operation holds {LOCK}") from None
-                    time.sleep(0.1)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        return exclusive(LOCK, timeout, "another lab operation")
 
     def _keygen(self, path: Path, comment: str) -> None:
         if not path.exists():
