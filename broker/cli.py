@@ -25,6 +25,10 @@ def _daemon(action: str):
 
         if action == "stop":
             return daemon.stop(args.config, kill=args.kill)
+        if action == "run":
+            return daemon.run(args.config, args.log_file, args.log_max_size, args.log_keep)
+        if action == "start":
+            return daemon.start(args.config, log_max_size=args.log_max_size, log_keep=args.log_keep)
         return getattr(daemon, action.replace("-", "_"))(args.config)
 
     return call
@@ -59,6 +63,26 @@ def broker_main(argv: list[str] | None = None) -> int:
         if name == "stop":
             cmd.add_argument(
                 "--kill", action="store_true", help="SIGKILL at once, as a crash (drills)"
+            )
+        if name in ("run", "start"):
+            if name == "run":
+                cmd.add_argument(
+                    "--log-file",
+                    metavar="FILE",
+                    help="log to FILE, rotated by size (default: stderr, e.g. systemd's journal)",
+                )
+            cmd.add_argument(
+                "--log-max-size",
+                metavar="SIZE",
+                default="64MB",
+                help="rotate the log file when it reaches SIZE (KB, MB, GB; default 64MB)",
+            )
+            cmd.add_argument(
+                "--log-keep",
+                metavar="N",
+                type=int,
+                default=5,
+                help="rotated log files kept beside the current one (default 5)",
             )
         cmd.set_defaults(func=_daemon(name))
     args = parser.parse_args(argv)

@@ -6,12 +6,17 @@ with ``broker.pid`` and ``broker.log`` in the data directory, and returns once
 the broker reports startup on its management port (or fails, printing the end
 of its log). All three are idempotent: starting a running broker or stopping
 a stopped one succeeds and says so.
+
+A daemon's log rotates by size (``--log-max-size``, ``--log-keep`` older files):
+weeks of uptime must not fill the data disk with log. What escapes logging (a
+crash before logging is set up) goes to ``broker.out`` beside it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import shutil
 import signal
@@ -22,9 +27,11 @@ import time
 import urllib.error
 import urllib.request
 
-from broker.config import BrokerConfig, ConfigError, load_config
+from broker.config import BrokerConfig, ConfigError, load_config, parse_size
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+DEFAULT_LOG_MAX_SIZE = "64MB"
+DEFAULT_LOG_KEEP = 5
 
 
 def _load(path: str | None) -> BrokerConfig:
@@ -38,6 +45,23 @@ def _load(path: str | None) -> BrokerConfig:
 def _paths(cfg: BrokerConfig) -> tuple[str, str]:
     d = cfg.data.directory
     return os.path.join(d, "broker.pid"), os.path.join(d, "broker.log")
+
+
+def _out_path(cfg: BrokerConfig) -> str:
+    return os.path.join(cfg.data.directory, "broker.out")
+
+
+def log_rotation(max_size: str | int, keep: int) -> tuple[int, int]:
+    """Validated (bytes, kept files) for a rotating log; ValueError names what is wrong."""
+    try:
+        size = parse_size(max_size)
+    except ValueError as exc:
+        raise ValueError(f"--log-max-size {max_size!r}: {exc}") from None
+    if size < 4096:
+        raise ValueError(f"--log-max-size {max_size!r} is below the minimum of 4KB")
+    if not 1 <= int(keep) <= 1000:
+        raise ValueError(f"--log-keep {keep!r} must be between 1 and 1000")
+    return size, int(keep)
 
 
 def _running_pid(pid_file: str) -> int | None:
@@ -71,11 +95,31 @@ def _health(cfg: BrokerConfig, what: str = "startup") -> dict | None:
         return None
 
 
-def run(config: str | None) -> int:
+def run(
+    config: str | None,
+    log_file: str | None = None,
+    log_max_size: str | int = DEFAULT_LOG_MAX_SIZE,
+    log_keep: int = DEFAULT_LOG_KEEP,
+) -> int:
+    """The broker in the foreground; logs to stderr (systemd's journal) or, with
+    ``log_file``, to a file rotated at ``log_max_size`` keeping ``log_keep`` old ones."""
     cfg = _load(config)
+    handlers: list[logging.Handler] | None = None
+    if log_file:
+        try:
+            size, keep = log_rotation(log_max_size, log_keep)
+        except ValueError as exc:
+            print(f"broker: {exc}", file=sys.stderr)
+            return 2
+        handlers = [
+            logging.handlers.RotatingFileHandler(
+                log_file, maxBytes=size, backupCount=keep, encoding="utf-8"
+            )
+        ]
     logging.basicConfig(
         level=logging.INFO,
         format=f"%(asctime)s broker-{cfg.cluster.node_id} %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
     )
     from broker.server import Broker
 
@@ -94,8 +138,18 @@ def run(config: str | None) -> int:
     return 0
 
 
-def start(config: str | None, wait: float = 60.0) -> int:
+def start(
+    config: str | None,
+    wait: float = 60.0,
+    log_max_size: str | int = DEFAULT_LOG_MAX_SIZE,
+    log_keep: int = DEFAULT_LOG_KEEP,
+) -> int:
     cfg = _load(config)
+    try:
+        log_rotation(log_max_size, log_keep)
+    except ValueError as exc:
+        print(f"broker: {exc}", file=sys.stderr)
+        return 2
     pid_file, log_file = _paths(cfg)
     os.makedirs(cfg.data.directory, exist_ok=True)
     pid = _running_pid(pid_file)
@@ -105,7 +159,9 @@ def start(config: str | None, wait: float = 60.0) -> int:
     cmd = [sys.executable, "-m", "broker", "run"]
     if config:
         cmd += ["--config", os.path.abspath(config)]
-    with open(log_file, "ab") as log:
+    cmd += ["--log-file", log_file, "--log-max-size", str(log_max_size)]
+    cmd += ["--log-keep", str(log_keep)]
+    with open(_out_path(cfg), "ab") as log:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -120,7 +176,7 @@ def start(config: str | None, wait: float = 60.0) -> int:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             print(f"broker {cfg.cluster.node_id} exited with code {proc.returncode}; log:")
-            print(_tail(log_file), file=sys.stderr)
+            print(_tail(log_file) + _tail(_out_path(cfg)), file=sys.stderr)
             os.unlink(pid_file)
             return 1
         h = _health(cfg)
@@ -129,7 +185,7 @@ def start(config: str | None, wait: float = 60.0) -> int:
             return 0
         time.sleep(0.1)  # polling a child process for readiness, bounded by the deadline
     print(f"broker {cfg.cluster.node_id}: no startup within {wait:.0f}s; log:", file=sys.stderr)
-    print(_tail(log_file), file=sys.stderr)
+    print(_tail(log_file) + _tail(_out_path(cfg)), file=sys.stderr)
     return 1
 
 

@@ -235,3 +235,43 @@ def test_daemon_start_status_stop_are_idempotent(cluster):
     assert broker("status").returncode == 3
     assert broker("stop").returncode == 0  # stopping a stopped broker is fine
     assert not os.path.exists(os.path.join(c.data_dir(0), "broker.pid"))
+
+
+def test_daemon_log_rotates_by_size_and_keeps_the_configured_count(cluster):
+    """Weeks of uptime in process mode must not fill the disk with log: broker.log rotates."""
+    c = cluster(size=1, partitions=1, replication_factor=1)
+    cfg, data = c.config_path(0), c.data_dir(0)
+
+    def broker(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "broker", *args, "--config", cfg],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    bad = broker("start", "--log-max-size", "12 parsecs")
+    assert bad.returncode == 2 and "--log-max-size" in bad.stderr
+    started = broker("start", "--log-max-size", "4KB", "--log-keep", "2")
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        # every malformed frame is logged with its reason: enough of them fill several files
+        for _ in range(150):
+            with socket.create_connection(("127.0.0.1", c.ports[0]["gateway"]), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(5)
+                while s.recv(4096):
+                    pass
+
+        def logs():
+            return sorted(n for n in os.listdir(data) if n.startswith("broker.log"))
+
+        wait_for(lambda: "broker.log.2" in logs(), 30, "two rotated log files")
+        assert logs() == ["broker.log", "broker.log.1", "broker.log.2"]  # keep 2, no more
+        for name in logs():
+            assert os.path.getsize(os.path.join(data, name)) <= 4096 + 1024
+        with BrokerClient(c.gateway(0), timeout=10) as client:
+            assert client.append("still serving").position >= 1
+    finally:
+        assert broker("stop").returncode == 0
