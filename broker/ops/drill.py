@@ -20,6 +20,7 @@ Destructive by design: it asks once, before the loss, unless ``yes``.
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -84,11 +85,11 @@ class DrillFigures:
 
 def _data_bytes(broker: Broker) -> int:
     """Bytes in the broker's data directory (read from its config), on its host."""
-    config = yaml.safe_load(run_on(broker, f"cat {broker.config_path}")) or {}
+    config = yaml.safe_load(run_on(broker, f"cat {shlex.quote(str(broker.config_path))}")) or {}
     directory = (config.get("data") or {}).get("directory")
     if not directory:
         raise StepFailed(f"{broker.label()}: no data.directory in {broker.config_path}")
-    return int(run_on(broker, f"du -sb {directory} | cut -f1").strip() or 0)
+    return int(run_on(broker, f"du -sb {shlex.quote(str(directory))} | cut -f1").strip() or 0)
 
 
 @step("lose the region: kill its brokers and empty their disks", acts=True)

@@ -6,7 +6,8 @@ controller keeps its SSH and its view of both regions. That is the lab's way to
 fence a region and to rehearse an inter-region cut, which failover must
 diagnose as a cut and refuse to force anything (`confirm_region_lost`).
 
-Each host is reached like `InventoryControl` reaches it (here or over SSH), so
+Each host is reached like `InventoryControl` reaches it (here or over SSH, with the
+host's become settings: nft needs root), so
 this needs hosts with their own addresses: regions sharing an address (the
 local, one-machine inventory) cannot be cut apart, and that is refused.
 """
@@ -67,7 +68,8 @@ def _ruleset(others: list[str]) -> str:
 
 
 def _isolated(broker: Broker) -> bool:
-    out = run_on(broker, "nft list tables inet 2>/dev/null || true")
+    # no `|| true`: an nft that may not read the tables (no root) must fail, not say "no"
+    out = run_on(broker, "nft list tables inet", root=True)
     return f"table inet {TABLE}" in out
 
 
@@ -95,7 +97,7 @@ def isolate_region(
         return failed("the operator did not confirm", "cut nothing")
     rules = shlex.quote(_ruleset(others))
     for b in todo:
-        run_on(b, f"printf %s {rules} | nft -f -")
+        run_on(b, f"printf %s {rules} | nft -f -", root=True)
     probe, target = hosts[0], cluster.outside(region)[0]
     if _reaches(probe, target):
         raise StepFailed(
@@ -122,7 +124,7 @@ def heal_region(cluster: Cluster, region: str, *, dry_run: bool = False) -> Outc
     if dry_run:
         return skipped(f"brokers {ids} of {region} are cut off", "dry run: would heal them")
     for b in todo:
-        run_on(b, f"nft delete table inet {TABLE}")
+        run_on(b, f"nft delete table inet {TABLE}", root=True)
     probe, target = hosts[0], cluster.outside(region)[0]
     if not _reaches(probe, target):
         raise StepFailed(
