@@ -31,6 +31,13 @@ Duration = Annotated[float, "duration"]  # seconds
 Size = Annotated[int, "size"]  # bytes
 
 EXPORTER_TYPES = ("file", "http")
+TLS_NOT_IMPLEMENTED = (
+    "TLS is not implemented yet in this version (the broker would serve plaintext); set it to false"
+)
+TLS_NOT_IMPLEMENTED_FILES = (
+    "TLS is not implemented yet in this version, so no certificate, key or CA is read; "
+    "leave it null"
+)
 ENV_PREFIX = "BROKER_"
 
 DURATION_HELP = (
@@ -617,9 +624,6 @@ def _validate(cfg: BrokerConfig, fail) -> None:
             "management.host": mg.host,
             "management.token": mg.token,
             "data.directory": d.directory,
-            "security.tls.certificate": t.certificate,
-            "security.tls.privateKey": t.private_key,
-            "security.tls.ca": t.ca,
         }
     )
     ports(
@@ -674,10 +678,10 @@ def _validate(cfg: BrokerConfig, fail) -> None:
             allowed = "an http:// or https:// URL"
         need(ok, f"{path}.args.{arg}", repr(value), allowed)
 
-    if t.enabled:
-        for key, value in (("certificate", t.certificate), ("privateKey", t.private_key)):
-            if value is None:
-                fail(f"security.tls.{key}", _MISSING, "required when security.tls.enabled is true")
+    # Refuse rather than serve plaintext to someone who asked for TLS.
+    need(not t.enabled, "security.tls.enabled", "true", TLS_NOT_IMPLEMENTED)
+    for key, value in (("certificate", t.certificate), ("privateKey", t.private_key), ("ca", t.ca)):
+        need(value is None, f"security.tls.{key}", repr(value), TLS_NOT_IMPLEMENTED_FILES)
 
 
 def _dump(hint: Any, value: Any) -> Any:

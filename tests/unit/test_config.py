@@ -96,7 +96,7 @@ exporters:
   region0: {type: file, args: {path: /export/r0}}
   region1: {type: http, args: {url: "https://sink.example/r1", batchSize: 100}}
 security:
-  tls: {enabled: true, certificate: /tls/cert.pem, privateKey: /tls/key.pem, ca: /tls/ca.pem}
+  tls: {enabled: false, certificate: null, privateKey: null, ca: null}
 """
 
 
@@ -235,12 +235,7 @@ def test_every_key_is_read_from_yaml(tmp_path):
         type="http", args={"url": "https://sink.example/r1", "batchSize": 100}
     )
     tls = cfg.security.tls
-    assert (tls.enabled, tls.certificate, tls.private_key, tls.ca) == (
-        True,
-        "/tls/cert.pem",
-        "/tls/key.pem",
-        "/tls/ca.pem",
-    )
+    assert (tls.enabled, tls.certificate, tls.private_key, tls.ca) == (False, None, None, None)
 
 
 def test_to_dict_round_trips_through_yaml(tmp_path):
@@ -250,7 +245,12 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
     assert dumped["cluster"]["membership"]["syncInterval"] == "1m"
     assert dumped["data"]["logSegmentSize"] == "512KB"
     assert dumped["cluster"]["initialContactPoints"] == ["a.example:7000", "[::1]:7001"]
-    assert dumped["security"]["tls"]["privateKey"] == "/tls/key.pem"
+    assert dumped["security"]["tls"] == {
+        "enabled": False,
+        "certificate": None,
+        "privateKey": None,
+        "ca": None,
+    }
     again = load_config(write(tmp_path, yaml.safe_dump(dumped), "again.yaml"), {})
     assert again == cfg
     assert BrokerConfig.from_dict(BrokerConfig().to_dict()) == BrokerConfig()
@@ -636,12 +636,20 @@ TLS_CERT = {"certificate": "/c.pem", "privateKey": "/k.pem"}
         ),
         ({"exporters": {"r0": {"args": {"path": "/x"}}}}, "exporters.r0.type is missing"),
         (
-            {"security": {"tls": {"enabled": True, "privateKey": "/k.pem"}}},
-            "security.tls.certificate is missing: required when security.tls.enabled is true",
+            {"security": {"tls": {"enabled": True, **TLS_CERT}}},
+            "security.tls.enabled = true: TLS is not implemented yet in this version",
         ),
         (
-            {"security": {"tls": {"enabled": True, "certificate": "/c.pem"}}},
-            "security.tls.privateKey is missing: required when security.tls.enabled is true",
+            {"security": {"tls": {"certificate": "/c.pem"}}},
+            "security.tls.certificate = '/c.pem': TLS is not implemented yet in this version",
+        ),
+        (
+            {"security": {"tls": {"privateKey": "/k.pem"}}},
+            "security.tls.privateKey = '/k.pem': TLS is not implemented yet in this version",
+        ),
+        (
+            {"security": {"tls": {"ca": "/ca.pem"}}},
+            "security.tls.ca = '/ca.pem': TLS is not implemented yet in this version",
         ),
     ],
 )
@@ -732,11 +740,11 @@ def test_valid_non_default_setups_pass():
         {
             "cluster": {"clusterSize": 1, "replicationFactor": 1, "partitionsCount": 1},
             "network": {"gateway": {"port": 1}, "internal": {"port": 65535}},
-            "security": {"tls": {"enabled": True, **TLS_CERT}},
+            "security": {"tls": {"enabled": False}},
             "data": {"freeSpace": {"processing": 0, "replication": 0}},
         }
     )
-    assert cfg.security.tls.private_key == "/k.pem"
+    assert cfg.data.free_space.processing == 0
 
 
 # -- files -----------------------------------------------------------------------------------
@@ -864,3 +872,37 @@ def test_module_says_ok_on_a_good_config(tmp_path):
         timeout=60,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, "config ok\n", "")
+
+
+@pytest.mark.parametrize(
+    "command", [["config", "check"], ["run"], ["start"]], ids=["config-check", "run", "start"]
+)
+def test_tls_enabled_refuses_to_start_rather_than_serve_plaintext(tmp_path, command):
+    """Until TLS is implemented, asking for it stops the broker before it binds a port."""
+    text = (
+        f"data: {{directory: {tmp_path / 'data'}}}\n"
+        "security:\n  tls: {enabled: true, certificate: null}\n"
+    )
+    path = write(tmp_path, text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "broker", *command, "--config", path],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=60,
+    )
+    assert result.returncode == 2, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("config error: security.tls.enabled = true")
+    assert "TLS is not implemented yet in this version" in lines[0]
+    assert not (tmp_path / "data").exists()  # nothing started, nothing written
+
+
+def test_tls_enabled_from_the_environment_is_refused_too():
+    err = config_error(env={"BROKER_SECURITY_TLS_ENABLED": "true"})
+    assert err.key == "security.tls.enabled"
+    assert "(from BROKER_SECURITY_TLS_ENABLED)" in str(err)
+    assert "TLS is not implemented yet" in str(err)
