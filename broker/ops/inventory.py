@@ -1,6 +1,12 @@
-"""Read an Ansible inventory of brokers (YAML) into a ``Cluster``, without Ansible.
+"""Read an Ansible inventory of brokers into a ``Cluster``, with Ansible's own machinery.
 
-The format is the project's (``inventories/local``, ``inventories/lab``)::
+The inventory is read by ansible-core (``InventoryManager``, ``VariableManager``,
+``DataLoader`` with the vault secrets, ``Templar``), so fab, the ops library,
+the ``broker_region`` action, the runbooks and the demo see what
+``ansible-playbook -i PATH`` sees: a file or a directory, any inventory plugin,
+``group_vars``/``host_vars`` next to it, variable precedence, vault-encrypted
+values (``!vault``) and vault-encrypted files, Jinja templates (lookups too).
+The layout is the project's (``inventories/local``, ``inventories/example``)::
 
     all:
       vars: {broker_partitions_count: 8, broker_replication_factor: 4, ...}
@@ -12,27 +18,30 @@ The format is the project's (``inventories/local``, ``inventories/lab``)::
               hosts:
                 brk-r0-h0: {ansible_host: 10.0.0.1, broker_ordinal: 0}
 
-Node id = ``broker_node_id`` if given, else ordinal * regions + region id.
-Variables come, lowest precedence first, from ``all``, each group on the way
-down to the host (inline ``vars`` then ``group_vars/<group>.yml``), then the
-host (inline, then ``host_vars/<host>.yml``); below all of them, the broker
-role's defaults for where things live on a host (``ROLE_DEFAULT_KEYS``), as
-Ansible would apply them. Values written as Jinja
-templates (``"{{ 26600 + broker_local_node_id | int }}"``) are rendered with
-jinja2 when it is installed (it comes with the ops extra); templates that need
-Ansible itself (``lookup(...)``) stay unrendered and are not used here.
+Every host of the ``brokers`` group is a broker. Node id = ``broker_node_id``
+if given, else ordinal * regions + region id. Below the inventory's variables,
+the broker role's defaults for where things live on a host apply
+(``ROLE_DEFAULT_KEYS``), as they do in a play of the role.
+
+Vault: the password comes from ``vault_password_file=`` (fab:
+``--vault-password-file``), ``ANSIBLE_VAULT_PASSWORD_FILE``,
+``ANSIBLE_VAULT_IDENTITY_LIST`` or Ansible's configuration, or (inside
+ansible-playbook) the play's own secrets. Every value that was vault-encrypted,
+and the management token, is registered with ``broker.ops.report`` so that
+outputs and audit records redact it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from broker.ops.report import register_secret
 
 BROKER_GROUP = "brokers"
 DEFAULT_PORTS = {"gateway": 26500, "internal": 26502, "management": 9600}
@@ -47,14 +56,12 @@ ROLE_DEFAULT_KEYS = (
     "broker_data_dir",
     "broker_service_name",
 )
-
-
-def _role_defaults() -> dict[str, Any]:
-    try:
-        defaults = yaml.safe_load(ROLE_DEFAULTS.read_text()) or {}
-    except OSError:  # installed without the roles (a wheel): the inventory must say
-        return {}
-    return {k: defaults[k] for k in ROLE_DEFAULT_KEYS if k in defaults}
+# Ansible's magic variables that are not a host's own (and are big): not in Broker.vars
+SKIPPED_VARS = frozenset({"groups", "hostvars", "ansible_facts", "vars", "omit", "environment"})
+VAULT_HINT = "set ANSIBLE_VAULT_PASSWORD_FILE or pass --vault-password-file"
+# variable names whose string values are secrets even when not vault-encrypted
+SECRET_NAME_PARTS = ("token", "password", "passwd", "secret", "private_key")
+_LOCK = threading.RLock()  # Ansible's plugin loader and vault context are process-wide
 
 
 class InventoryError(Exception):
@@ -116,7 +123,7 @@ class Cluster:
     # exporter id -> the directory of its file sink, when one shared sink exists per
     # exporter (inventory var broker_export_sinks); used to restore a sink on failback
     sinks: Mapping[str, str] = field(default_factory=dict)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in a repr
     source: str = ""  # the inventory file
 
     def broker(self, node_id: int) -> Broker:
@@ -157,85 +164,306 @@ class Cluster:
         return region
 
 
-def load_inventory(path: str | os.PathLike) -> Cluster:
-    """Read an inventory file (hosts.yml) and its group_vars/host_vars directories."""
-    path = Path(path)
+def load_inventory(
+    path: str | os.PathLike,
+    *,
+    vault_password_file: str | os.PathLike | None = None,
+    vault_secrets: Iterable[tuple[str, Any]] | None = None,
+) -> Cluster:
+    """Read an inventory (a file, a directory or any source an inventory plugin takes) as
+    ansible-playbook would, with its group_vars/host_vars and vault-encrypted values.
+
+    ``vault_password_file`` adds to the vault passwords Ansible would use anyway
+    (``ANSIBLE_VAULT_PASSWORD_FILE``, ``ANSIBLE_VAULT_IDENTITY_LIST``, ansible.cfg);
+    ``vault_secrets`` are already loaded ``(vault id, VaultSecret)`` pairs (a play's)."""
+    source = os.fspath(path)
+    if not os.path.exists(source):
+        raise InventoryError(f"cannot read inventory {source}: No such file or directory")
     try:
-        doc = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise InventoryError(f"cannot read inventory {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise InventoryError(f"inventory {path} is not valid YAML: {exc}") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("all"), dict):
-        raise InventoryError(f"inventory {path} has no top-level 'all' group")
-    hosts = _hosts_under(doc["all"], "all", [_role_defaults()], path.parent, inside=False)
+        import ansible.inventory.manager  # noqa: F401
+    except ImportError as exc:
+        raise InventoryError(
+            f"reading inventory {source} needs ansible-core, which cannot be imported ({exc}): "
+            "install the ops extra (pip install -e '.[ops]', or make setup)"
+        ) from None
+    with _LOCK:
+        hosts = _read(source, vault_password_file, list(vault_secrets or ()))
     if not hosts:
-        raise InventoryError(f"inventory {path} has no hosts in a '{BROKER_GROUP}' group")
+        raise InventoryError(f"inventory {source} has no hosts in a '{BROKER_GROUP}' group")
     region_count = len({v.get("broker_region_id") for _, v in hosts})
-    brokers = [_broker(name, v, region_count, path) for name, v in hosts]
-    return _cluster(brokers, hosts[0][1], str(path))
+    brokers = [_broker(name, v, region_count, source) for name, v in hosts]
+    return _cluster(brokers, hosts[0][1], source)
 
 
-def _hosts_under(group: dict, name: str, inherited: list[dict], root: Path, inside: bool):
-    """(host name, merged vars) for every host of the broker group under ``group``."""
-    group = group or {}
-    chain = [*inherited, group.get("vars") or {}, _vars_file(root / "group_vars", name)]
-    inside = inside or name == BROKER_GROUP
-    out = []
-    if inside:
-        for host, host_vars in (group.get("hosts") or {}).items():
-            merged: dict[str, Any] = {}
-            for layer in [*chain, host_vars or {}, _vars_file(root / "host_vars", host)]:
-                merged.update(layer)
-            merged.setdefault("inventory_hostname", host)
-            merged.setdefault("inventory_dir", str(root.resolve()))
-            merged.setdefault("ansible_playbook_python", sys.executable)
-            out.append((host, _render(merged)))
-    for child, child_group in (group.get("children") or {}).items():
-        out += _hosts_under(child_group, child, chain, root, inside)
-    return out
+def _read(
+    source: str, password_file: str | os.PathLike | None, given: list[tuple[str, Any]]
+) -> list[tuple[str, HostVars]]:
+    """(host name, resolved vars) for every host of the broker group, in inventory order."""
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.plugins.loader import init_plugin_loader
+    from ansible.template import Templar
+    from ansible.utils.collection_loader import AnsibleCollectionConfig
+    from ansible.vars.manager import VariableManager
+
+    if not AnsibleCollectionConfig.collection_finder:  # ansible-playbook has done it already
+        init_plugin_loader()
+    loader = DataLoader()
+    have_secrets = _setup_vault(loader, password_file, given)
+    try:
+        inventory = InventoryManager(loader=loader, sources=[source])
+        if not inventory._inventory.processed_sources:
+            raise InventoryError(
+                f"Ansible cannot read {source} as an inventory (its warnings above say why)"
+            )
+        group = inventory.groups.get(BROKER_GROUP)
+        if group is None:
+            return []
+        variables = VariableManager(loader=loader, inventory=inventory)
+        defaults = _role_defaults(loader)
+        out = []
+        for host in group.get_hosts():
+            try:
+                raw = variables.get_vars(host=host, include_hostvars=False)
+            except AnsibleError as exc:
+                raise _vault_or(
+                    exc, f"{source}: a vars file of host {host.name}", have_secrets
+                ) from None
+            merged = {**defaults, **raw}  # the role's defaults below the inventory
+            templar = Templar(loader=loader, variables=merged)
+            out.append((host.name, HostVars(templar, merged, host.name, source, have_secrets)))
+        return out
+    except InventoryError:
+        raise
+    except AnsibleError as exc:
+        raise _vault_or(exc, f"inventory {source}", have_secrets) from None
 
 
-def _vars_file(directory: Path, name: str) -> dict:
-    for candidate in (directory / f"{name}.yml", directory / f"{name}.yaml", directory / name):
-        if candidate.is_file():
-            return yaml.safe_load(candidate.read_text()) or {}
-    return {}
+def _setup_vault(loader: Any, password_file: Any, given: list[tuple[str, Any]]) -> bool:
+    """Give ``loader`` (for vault-encrypted files) and Ansible's process-wide vault context
+    (for ``!vault`` values) every secret; True if there is at least one."""
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import VaultSecretsContext
+
+    files = [os.fspath(password_file)] if password_file else []
+    env_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+    if env_file and env_file not in files:
+        files.append(env_file)
+    ids = list(C.DEFAULT_VAULT_IDENTITY_LIST or [])
+    ids += [i.strip() for i in os.environ.get("ANSIBLE_VAULT_IDENTITY_LIST", "").split(",")]
+    ids = [i for i in dict.fromkeys(ids) if i]
+    try:
+        secrets = CLI.setup_vault_secrets(
+            loader,
+            vault_ids=ids,
+            vault_password_files=files,
+            ask_vault_pass=False,
+            auto_prompt=False,
+            initialize_context=False,
+        )
+    except AnsibleError as exc:
+        raise InventoryError(f"vault password: {_first_line(exc)}") from None
+    secrets = [*given, *secrets]
+    context = VaultSecretsContext.current(optional=True)
+    if context is None:
+        VaultSecretsContext.initialize(VaultSecretsContext(list(secrets)))
+    else:  # inside ansible-playbook, or read before in this process: add ours to them
+        context.secrets.extend(s for s in secrets if s not in context.secrets)
+        secrets = [*secrets, *(s for s in context.secrets if s not in secrets)]
+    loader.set_vault_secrets(secrets)
+    return bool(secrets)
 
 
-def _broker(name: str, v: Mapping[str, Any], region_count: int, path: Path) -> Broker:
+def _role_defaults(loader: Any) -> dict[str, Any]:
+    try:
+        defaults = loader.load_from_file(str(ROLE_DEFAULTS), trusted_as_template=True) or {}
+    except Exception:  # installed without the roles (a wheel): the inventory must say
+        return {}
+    return {k: defaults[k] for k in ROLE_DEFAULT_KEYS if k in defaults}
+
+
+class HostVars(Mapping[str, Any]):
+    """A host's variables as Ansible resolves them: each rendered by Ansible's Templar on
+    first use (a lookup runs only if its variable is used), as plain Python values. A
+    value that cannot render outside a play (it names a fact) is kept as written.
+    Vault-encrypted values, and values of secret-looking names, are decrypted and
+    rendered at once, so that a missing vault password fails the load, and registered
+    as secrets."""
+
+    def __init__(
+        self, templar: Any, variables: dict[str, Any], host: str, source: str, have_secrets: bool
+    ):
+        self._templar = templar
+        self._raw = {k: v for k, v in variables.items() if k not in SKIPPED_VARS}
+        self._raw.setdefault("inventory_hostname", host)
+        self._done: dict[str, Any] = {}
+        self._where = f"{source}: host {host}"
+        self._have_secrets = have_secrets
+        from ansible.parsing.vault import VaultHelper
+
+        for key, value in self._raw.items():
+            vaulted = _holds_ciphertext(value, VaultHelper) or _from_vault_file(value)
+            if vaulted or any(part in key.lower() for part in SECRET_NAME_PARTS):
+                rendered = self[key]
+                if isinstance(rendered, str) and (vaulted or "{{" not in rendered):
+                    register_secret(rendered)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._done:
+            return self._done[key]
+        value = self._raw[key]
+        from ansible.errors import AnsibleError
+
+        with _LOCK:
+            try:
+                plain = _plain(self._templar.template(value))
+            except AnsibleError as exc:
+                if _is_vault_error(exc):
+                    raise _vault_or(exc, f"{self._where}: {key}", self._have_secrets) from None
+                plain = _plain_raw(value)
+        self._done[key] = plain
+        return plain
+
+    def __iter__(self):
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def __repr__(self) -> str:  # never the values: some are secrets
+        return f"HostVars({len(self._raw)} variables of {self._where})"
+
+    def __reduce__(self):  # copies and pickles are plain dicts, rendered
+        return (dict, (dict(self.items()),))
+
+
+def _from_vault_file(value: Any) -> bool:
+    """Was ``value`` read from a vault-encrypted vars file? (Ansible tags every value
+    with its origin: the file it came from.)"""
+    try:
+        from ansible.module_utils._internal._datatag import AnsibleTagHelper
+
+        paths = [getattr(t, "path", None) for t in AnsibleTagHelper.tags(value)]
+    except Exception:  # another ansible-core: no origin tags to go by
+        return False
+    return any(_is_vault_file(p) for p in paths if p)
+
+
+@functools.lru_cache(maxsize=256)
+def _is_vault_file(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(b"$ANSIBLE_VAULT")) == b"$ANSIBLE_VAULT"
+    except OSError:
+        return False
+
+
+def _holds_ciphertext(value: Any, helper: Any) -> bool:
+    if helper.get_ciphertext(value, with_tags=False) is not None:
+        return True
+    if isinstance(value, Mapping):
+        return any(_holds_ciphertext(v, helper) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_ciphertext(v, helper) for v in value)
+    return False
+
+
+def _plain(value: Any) -> Any:
+    """Ansible's tagged values as the built-in types (vaulted strings decrypted)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    if type(value).__name__ == "EncryptedString":
+        return str(value)  # decrypts, or raises
+    return value
+
+
+def _plain_raw(value: Any) -> Any:
+    try:
+        return _plain(value)
+    except Exception:
+        return None
+
+
+def _is_vault_error(exc: BaseException) -> bool:
+    from ansible.parsing.vault import AnsibleVaultError
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AnsibleVaultError) or "decrypt" in str(seen).lower():
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _vault_or(exc: BaseException, what: str, have_secrets: bool) -> InventoryError:
+    if not _is_vault_error(exc):
+        return InventoryError(f"{what}: {_first_line(exc)}")
+    if not have_secrets:
+        return InventoryError(f"{what} is vault-encrypted: {VAULT_HINT}")
+    return InventoryError(
+        f"{what} is vault-encrypted and cannot be decrypted with the vault password(s) given "
+        f"({_first_line(exc)})"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "message", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _broker(name: str, v: Mapping[str, Any], region_count: int, source: str) -> Broker:
     def need(key: str) -> Any:
-        if key not in v:
-            raise InventoryError(f"{path}: host {name} has no {key}")
+        if v.get(key) is None:
+            raise InventoryError(f"{source}: host {name} has no {key}")
         return v[key]
 
-    region_id = int(need("broker_region_id"))
-    node_id = v.get("broker_node_id")
-    node_id = (
-        int(node_id)
-        if node_id is not None
-        else int(need("broker_ordinal")) * region_count + region_id
-    )
+    try:
+        region_id = int(need("broker_region_id"))
+        node_id = v.get("broker_node_id")
+        node_id = (
+            int(node_id)
+            if node_id is not None
+            else int(need("broker_ordinal")) * region_count + region_id
+        )
+    except (TypeError, ValueError) as exc:
+        raise InventoryError(
+            f"{source}: host {name}: a node id part is not a number ({exc})"
+        ) from None
     return Broker(
         node_id=node_id,
         name=name,
         region=str(need("broker_region")),
         host=str(v.get("ansible_host", name)),
-        gateway_port=_port(v, "gateway", name, path),
-        internal_port=_port(v, "internal", name, path),
-        management_port=_port(v, "management", name, path),
-        vars=dict(v),
+        gateway_port=_port(v, "gateway", name, source),
+        internal_port=_port(v, "internal", name, source),
+        management_port=_port(v, "management", name, source),
+        vars=v,
     )
 
 
-def _port(v: Mapping[str, Any], which: str, host: str, path: Path) -> int:
+def _port(v: Mapping[str, Any], which: str, host: str, source: str) -> int:
     value = v.get(f"broker_{which}_port", DEFAULT_PORTS[which])
     try:
         return int(value)
     except (TypeError, ValueError):
         raise InventoryError(
-            f"{path}: host {host}: broker_{which}_port is {value!r}, not a port number"
-            + (" (a Jinja template: install jinja2 to read it)" if "{{" in str(value) else "")
+            f"{source}: host {host}: broker_{which}_port is {value!r}, not a port number"
         ) from None
 
 
@@ -247,6 +475,10 @@ def _cluster(brokers: list[Broker], first_vars: Mapping[str, Any], source: str) 
     regions: dict[int, str] = {}
     for b in brokers:
         regions.setdefault(int(b.vars["broker_region_id"]), b.region)
+    token = first_vars.get("broker_management_token") or None
+    if token is not None:
+        token = str(token)
+        register_secret(token)
     return Cluster(
         brokers=tuple(sorted(brokers, key=lambda b: b.node_id)),
         regions=tuple(regions[i] for i in sorted(regions)),
@@ -254,47 +486,6 @@ def _cluster(brokers: list[Broker], first_vars: Mapping[str, Any], source: str) 
         partitions=int(first_vars.get("broker_partitions_count", 8)),
         name=str(first_vars.get("broker_cluster_name", "dual-region")),
         sinks=dict(first_vars.get("broker_export_sinks") or {}),
-        token=first_vars.get("broker_management_token") or None,
+        token=token,
         source=source,
     )
-
-
-# --- Jinja values ----------------------------------------------------------------------
-
-
-def _render(variables: dict[str, Any]) -> dict[str, Any]:
-    """Render templated string values against the plain ones, until nothing more renders."""
-    pending = {k for k, v in variables.items() if isinstance(v, str) and "{{" in v}
-    if not pending:
-        return variables
-    try:
-        import jinja2
-    except ImportError:
-        return variables
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
-    env.filters["dirname"] = os.path.dirname
-    env.filters["basename"] = os.path.basename
-    values = dict(variables)
-    while pending:
-        plain = {k: v for k, v in values.items() if k not in pending}
-        rendered = {}
-        for key in pending:
-            try:
-                rendered[key] = _typed(env.from_string(values[key]).render(plain))
-            except Exception:  # an undefined name (maybe not yet rendered) or an Ansible-only call
-                continue
-        if not rendered:
-            break
-        values.update(rendered)
-        pending -= set(rendered)
-    return values
-
-
-def _typed(text: str) -> Any:
-    """Ansible turns a rendered "26601" back into 26601; so do we (ints and bools only)."""
-    stripped = text.strip()
-    if stripped.lstrip("-").isdigit():
-        return int(stripped)
-    if stripped in ("True", "False"):
-        return stripped == "True"
-    return text

@@ -1,4 +1,9 @@
-"""How a procedure shows itself: progress step by step, a summary table, an audit record."""
+"""How a procedure shows itself: progress step by step, a summary table, an audit record.
+
+Secrets (the management token, every vault-encrypted inventory value) are
+registered here by the inventory reader and never shown: progress, tables,
+audit records and ``--json`` outputs go through ``redact``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,33 @@ from broker.ops.steps import Step, StepResult
 
 STYLE = {"done": "green", "skipped": "cyan", "failed": "bold red"}
 TABLE_LINES = 6  # longer texts (a dry run's plan) are cut in the table; progress shows them
+REDACTED = "<redacted>"
+MIN_SECRET_LENGTH = 4  # shorter values ("true", "1") would redact ordinary words
+_SECRETS: set[str] = set()
+
+
+def register_secret(value: Any) -> None:
+    """From now on, ``redact`` replaces ``value`` wherever it appears in a text."""
+    if isinstance(value, str) and len(value.strip()) >= MIN_SECRET_LENGTH:
+        _SECRETS.add(value)
+        if value.strip() != value:
+            _SECRETS.add(value.strip())
+
+
+def redact(value: Any) -> Any:
+    """``value`` (a text, or dicts and lists of them) with every registered secret replaced."""
+    if not _SECRETS:
+        return value
+    if isinstance(value, str):
+        for secret in sorted(_SECRETS, key=len, reverse=True):
+            if secret in value:
+                value = value.replace(secret, REDACTED)
+        return value
+    if isinstance(value, dict):
+        return {redact(k): redact(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(redact(v) for v in value)
+    return value
 
 
 class ConsoleProgress:
@@ -29,7 +61,8 @@ class ConsoleProgress:
 
     def started(self, index: int, total: int, step: Step) -> None:
         self.console.print(
-            f"{self.indent}[bold][{index}/{total}][/bold] {escape(step.title)} ({step.name}) ..."
+            f"{self.indent}[bold][{index}/{total}][/bold] {escape(redact(step.title))} "
+            f"({step.name}) ..."
         )
 
     def finished(self, index: int, total: int, result: StepResult) -> None:
@@ -38,8 +71,8 @@ class ConsoleProgress:
         self.console.print(
             f"{pad}[{style}]{result.status.upper()}[/{style}] in {result.seconds:.1f}s"
         )
-        self.console.print(f"{pad}saw: {escape(result.saw)}", soft_wrap=True)
-        self.console.print(f"{pad}did: {escape(result.did)}", soft_wrap=True)
+        self.console.print(f"{pad}saw: {escape(redact(result.saw))}", soft_wrap=True)
+        self.console.print(f"{pad}did: {escape(redact(result.did))}", soft_wrap=True)
 
 
 def steps_table(results: list[StepResult], title: str) -> Table:
@@ -57,8 +90,8 @@ def steps_table(results: list[StepResult], title: str) -> Table:
             r.name,
             f"[{style}]{r.status}[/{style}]",
             f"{r.seconds:.1f}",
-            escape(_brief(r.saw)),
-            escape(_brief(r.did)),
+            escape(_brief(redact(r.saw))),
+            escape(_brief(redact(r.did))),
         )
     return table
 
@@ -113,8 +146,9 @@ def audit_record(
     options: dict[str, Any] | None = None,
     inventory: str = "",
 ) -> dict[str, Any]:
-    """Who ran what against which cluster, when, and what every step saw and did."""
-    return {
+    """Who ran what against which cluster, when, and what every step saw and did
+    (secrets redacted: the record is printed by ``--json`` and written to disk)."""
+    record = {
         "procedure": procedure,
         "region": region,
         "outcome": outcome(results, total_steps),
@@ -127,6 +161,7 @@ def audit_record(
         "options": options or {},
         "steps": [r.to_dict() for r in results],
     }
+    return redact(record)
 
 
 def write_audit(record: dict[str, Any], directory: str | os.PathLike) -> Path:
@@ -142,7 +177,7 @@ def write_audit(record: dict[str, Any], directory: str | os.PathLike) -> Path:
         n += 1
         path = directory / f"{name}-{n}.json"
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(redact(record), indent=2, default=str) + "\n")
     os.replace(tmp, path)
     return path
 
