@@ -12,7 +12,9 @@
     fab rolling-restart                          # one broker at a time, region by region
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
-``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``.
+``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``; a
+file or a directory, read by ansible-core as ansible-playbook reads it. Vault-encrypted
+values need ``ANSIBLE_VAULT_PASSWORD_FILE`` or ``fab --vault-password-file FILE task``.
 Every task that changes the cluster writes a JSON audit record under ``var/ops/audit/`` (or
 ``$BROKER_OPS_AUDIT_DIR``).
 """
@@ -47,8 +49,10 @@ console = Console()
 
 
 def _take_leading_inventory_flag() -> str | None:
-    """``fab --inventory PATH task``: Fabric has no per-project core flags, so the flag is
-    taken off the command line (before the first task name) ahead of task parsing."""
+    """``fab --inventory PATH [--vault-password-file FILE] task``: Fabric has no per-project
+    core flags, so these are taken off the command line (before the first task name) ahead
+    of task parsing. The vault password file goes to ``ANSIBLE_VAULT_PASSWORD_FILE``, where
+    the inventory reader, and every command a runbook runs, find it."""
     try:
         from fabric.main import program
     except ImportError:
@@ -56,17 +60,30 @@ def _take_leading_inventory_flag() -> str | None:
     args = getattr(getattr(program, "core", None), "unparsed", None)
     if not args:
         return None
-    if args[0] == "--inventory" and len(args) > 1:
-        path = args[1]
-        del args[:2]
-        return path
-    if args[0].startswith("--inventory="):
-        return args.pop(0).partition("=")[2]
-    return None
+    taken: dict[str, str] = {}
+    while args and args[0].startswith("--"):
+        name, sep, value = args[0].partition("=")
+        if name not in ("--inventory", "--vault-password-file"):
+            break
+        if sep:
+            del args[0]
+        elif len(args) > 1:
+            value = args[1]
+            del args[:2]
+        else:
+            break
+        taken[name] = value
+    if "--vault-password-file" in taken:
+        os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = os.path.abspath(taken["--vault-password-file"])
+    return taken.get("--inventory")
 
 
 LEADING_INVENTORY = _take_leading_inventory_flag()
-INVENTORY_HELP = "inventory file (default: $BROKER_INVENTORY, else inventories/local/hosts.yml)"
+INVENTORY_HELP = (
+    "inventory file or directory (default: $BROKER_INVENTORY, else inventories/local/hosts.yml); "
+    "vault-encrypted values need $ANSIBLE_VAULT_PASSWORD_FILE or a leading "
+    "`fab --vault-password-file FILE`"
+)
 
 
 def _cluster(inventory: str | None):
