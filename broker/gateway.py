@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 RETRY_DELAY = 0.05  # between routing attempts while a partition has no known leader
 SWEEP_INTERVAL = 0.05  # how often requests past their deadline are answered
 MAX_READ = 10_000
+# Client operations that add data: refused below data.freeSpace.processing.
+WRITE_OPS = frozenset({"append", "put", "cas", "delete"})
 
 
 class RequestError(Exception):
@@ -282,6 +284,11 @@ class Gateway:
 
     def _propose(self, pid, command, body, deadline, forwarded, reply, retry) -> None:
         runner = self.broker.runners[pid]
+        if not callable(command) and not str(body.get("op", "")).startswith("_"):
+            refusal = runner.refusal(write=body.get("op") in WRITE_OPS)
+            if refusal is not None:  # disk low or partition stopped: at once, no retry
+                reply(refusal)
+                return
         with self._lock:
             n = self._inflight.get(pid, 0)
             if n >= self.max_inflight:

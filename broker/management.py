@@ -54,7 +54,8 @@ class ManagementSource(Protocol):
     metrics: BrokerMetrics
 
     def health(self) -> dict[str, Any]:
-        """``{"startup": bool, "ready": bool, "live": bool, "details": {...}}``."""
+        """``{"startup": bool, "ready": bool, "live": bool, "healthy": bool (optional,
+        default true: every partition healthy), "details": {...}}``."""
         ...
 
     def topology(self) -> dict[str, Any]:
@@ -195,11 +196,15 @@ def match_route(
 
 
 def _probe(key: str | None) -> Handler:
-    """Health handler for one probe; None means status (live and ready)."""
+    """Health handler for one probe; None means status (live, ready and every
+    partition healthy)."""
 
     def handler(source: ManagementSource, req: Request) -> Response:
         health = source.health()
-        up = bool(health["live"] and health["ready"]) if key is None else bool(health[key])
+        if key is None:
+            up = bool(health["live"] and health["ready"] and health.get("healthy", True))
+        else:
+            up = bool(health[key])
         body = {"status": "UP" if up else "DOWN", "details": health.get("details", {})}
         return json_response(body, 200 if up else 503)
 

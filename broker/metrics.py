@@ -89,6 +89,40 @@ class BrokerMetrics:
             ["partition"],
             registry=r,
         )
+        self.disk_free = Gauge(
+            "broker_disk_free_bytes",
+            "Free space of the data directory's file system, as the broker may use it.",
+            registry=r,
+        )
+        self.disk_processing_paused = Gauge(
+            "broker_disk_processing_paused",
+            "1 while free disk space is below data.freeSpace.processing (writes refused).",
+            registry=r,
+        )
+        self.disk_replication_paused = Gauge(
+            "broker_disk_replication_paused",
+            "1 while free disk space is below data.freeSpace.replication "
+            "(replicated entries refused).",
+            registry=r,
+        )
+        self.partition_healthy = Gauge(
+            "broker_partition_healthy",
+            "1 when this broker's replica of the partition is healthy, else 0.",
+            ["partition"],
+            registry=r,
+        )
+        self.partition_restarts = Counter(
+            "broker_partition_restarts_total",
+            "Times the partition was rebuilt from disk after an error (disk full, I/O error).",
+            ["partition"],
+            registry=r,
+        )
+        self.inbox_dropped = Counter(
+            "broker_partition_inbox_dropped_total",
+            "Raft messages dropped and proposals refused because the partition's inbox was full.",
+            ["partition", "kind"],
+            registry=r,
+        )
         self.bad_frames = Counter(
             "broker_transport_bad_frames_total",
             "Malformed or oversized frames that closed a connection.",

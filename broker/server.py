@@ -14,6 +14,7 @@ import threading
 
 from broker import __version__
 from broker.config import BrokerConfig, dual_region_warnings
+from broker.diskspace import DiskSpaceMonitor
 from broker.exporters.runner import ExporterRunner
 from broker.gateway import Gateway
 from broker.management import ROUTES, ManagementServer
@@ -65,6 +66,7 @@ class Broker:
         self.internal: Transport | None = None
         self.gateway_transport: Transport | None = None
         self.management = None
+        self.disk: DiskSpaceMonitor | None = None
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -73,6 +75,11 @@ class Broker:
         for warning in dual_region_warnings(cfg):
             log.warning("%s", warning)
         os.makedirs(cfg.data.directory, exist_ok=True)
+        free = cfg.data.free_space
+        self.disk = DiskSpaceMonitor(
+            cfg.data.directory, free.processing, free.replication, metrics=self.metrics
+        )
+        self.disk.start()
         host = cfg.network.host
         self.internal = Transport(
             self.node_id,
@@ -168,6 +175,8 @@ class Broker:
                 link.close()
         if self.internal is not None:
             self.internal.stop()
+        if self.disk is not None:
+            self.disk.stop()
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -198,6 +207,8 @@ class Broker:
             self.internal.send_raft,
             metrics=self.metrics,
             flush=cfg.cluster.raft.flush.enabled,
+            flush_delay=cfg.cluster.raft.flush.delay_time,
+            disk=self.disk,
             segment_size=cfg.data.log_segment_size,
             snapshot_entries=cfg.data.snapshot_entries,
             snapshot_period=cfg.data.snapshot_period,
@@ -285,13 +296,26 @@ class Broker:
     # --- the management source ------------------------------------------------------
 
     def health(self) -> dict:
+        """Readiness and liveness stay UP while a partition is unhealthy (a full disk:
+        the partition recovers by itself, a restart would not help); the overall
+        status (``/actuator/health``) is DOWN until every partition is healthy."""
         started = self.started.is_set()
-        dead = [pid for pid, r in self.runners.items() if r.status.get("health") == "dead"]
+        runners = list(self.runners.items())
+        dead = [pid for pid, r in runners if r.status.get("health") == "dead"]
+        unhealthy = {
+            str(pid): r.status.get("unhealthyReason", "unhealthy")
+            for pid, r in runners
+            if r.status.get("health") == "unhealthy"
+        }
+        details = {"partitions": sorted(self.runners), "dead": dead, "unhealthy": unhealthy}
+        if self.disk is not None:
+            details["diskSpace"] = self.disk.status()
         return {
             "startup": started,
             "ready": started and not dead,
             "live": not dead,
-            "details": {"partitions": sorted(self.runners), "dead": dead},
+            "healthy": not dead and not unhealthy,
+            "details": details,
         }
 
     def topology(self) -> dict:
@@ -357,5 +381,7 @@ class Broker:
                 "snapshotId": f"{s.get('snapshotIndex')}" if s.get("snapshotIndex") else None,
                 "voters": s.get("voters"),
                 "health": s.get("health"),
+                "unhealthyReason": s.get("unhealthyReason"),
+                "restarts": s.get("restarts", 0),
             }
         return out

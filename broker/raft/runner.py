@@ -14,10 +14,32 @@ machine's result if the entry committed at that index is ours, or with
 UNAVAILABLE if another leader's entry took the index (it was never
 committed). A leader that loses leadership keeps its pending futures: if the
 new leader commits the entry after all, the result still arrives.
+
+``flush_delay`` (``cluster.raft.flush.delayTime``) > 0 stretches the group
+commit over turns: the journal is fsynced at most once per delay, and what
+promises durability (acks, votes, the leader counting itself) waits for the
+fsync that covers it. 0 flushes in every turn that wrote entries.
+
+The inbox is bounded (items and payload bytes): when it is full, Raft messages
+are dropped (Raft tolerates loss) and proposals are refused with
+RESOURCE_EXHAUSTED, so memory stays bounded whatever the partition does.
+
+Below ``data.freeSpace.replication`` (the broker's DiskSpaceMonitor) the
+partition persists nothing replicated: appends are handled as heartbeats, so
+the follower answers with what it holds and the leader retries later.
+
+No error ends the thread. An exception while driving the core (a full disk, an
+I/O error, a bug) stops the partition: whatever waited is answered, the journal
+is closed, the partition reports unhealthy, drops Raft traffic and refuses
+proposals. After a backoff, and once the disk has room, it is rebuilt from disk
+as a restart of this partition alone would: journal reopened with any torn tail
+cut, hard state and snapshot reloaded. Only fsynced entries are ever
+acknowledged, so no acknowledged entry is lost.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -26,18 +48,41 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from broker.fsutil import fsync_dir
 from broker.partition import PartitionState
 from broker.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftNode, Role
 from broker.raft.journal import Journal
-from broker.raft.messages import Configuration, EntryKind
+from broker.raft.messages import AppendRequest, Configuration, EntryKind, InstallSnapshot
 from broker.raft.metastore import MetaStore
 from broker.raft.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 512 * 1024  # per entry; keeps AppendRequests well under the frame limit
+# The inbox bound: a stalled or slow partition holds at most this much.
+MAX_INBOX_ITEMS = 20_000
+MAX_INBOX_BYTES = 128 * 1024 * 1024  # payload of entries, snapshot chunks and proposals
+# Rebuild from disk after an error: first after RESTART_BACKOFF_MIN, doubling up to MAX.
+RESTART_BACKOFF_MIN = 0.25
+RESTART_BACKOFF_MAX = 5.0
+STABLE_AFTER = 30.0  # a partition running this long after a restart resets the backoff
+# errnos that mean "no room": the partition answers RESOURCE_EXHAUSTED while stopped
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 _ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 1, Role.LEADER: 2}
+_NO_ENTRIES: tuple = ()
+
+
+def _payload(item) -> int:
+    """Bytes an inbox item holds beyond its fixed size (what the byte bound counts)."""
+    t = type(item)
+    if t is AppendRequest:
+        return sum(len(e.data) + 32 for e in item.entries) if item.entries else 0
+    if t is InstallSnapshot:
+        return len(item.data)
+    if t is tuple and item and item[0] == "propose":
+        return len(item[1])
+    return 0
 
 
 class PartitionRunner:
@@ -55,7 +100,12 @@ class PartitionRunner:
         segment_size: int = 64 * 1024 * 1024,
         snapshot_entries: int = 100_000,
         snapshot_period: float = 300.0,
+        flush_delay: float = 0.0,
+        disk=None,
+        clock: Callable[[], float] = time.monotonic,
     ):
+        """``disk`` is the broker's DiskSpaceMonitor (None: no free-space checks);
+        ``clock`` is injectable for tests that drive ``run_once`` themselves."""
         self.partition_id = partition_id
         self.node_id = node_id
         self.directory = directory
@@ -64,39 +114,85 @@ class PartitionRunner:
         self.metrics = metrics
         self.snapshot_entries = snapshot_entries
         self.snapshot_period = snapshot_period
+        self.flush_delay = flush_delay
+        self.disk = disk
+        self._clock = clock
+        self._bootstrap = bootstrap
+        self._raft_config = raft_config
+        self._flush = flush
+        self._segment_size = segment_size
         self._label = str(partition_id)
-        os.makedirs(directory, exist_ok=True)
-
-        self.meta = MetaStore(directory)
-        self.snapshots = SnapshotStore(os.path.join(directory, "snapshots"))
-        self.journal = Journal(os.path.join(directory, "journal"), segment_size, flush=flush)
-        if self.journal.recovery.truncated_records or self.journal.recovery.truncated_bytes:
-            log.warning("partition %d: journal recovery: %s", partition_id, self.journal.recovery)
-        snapshot = self.snapshots.latest()
-        entries = self._entries_after(snapshot[0].index if snapshot else 0)
         self.state = PartitionState(partition_id)
-        if snapshot:
-            self.state.restore(snapshot[1])
-        self.node = RaftNode(
-            node_id,
-            bootstrap,
-            raft_config,
-            hard_state=self.meta.load(),
-            snapshot=snapshot,
-            entries=entries,
-        )
+        self.journal: Journal | None = None
+        self.node: RaftNode | None = None
+        os.makedirs(directory, exist_ok=True)
+        opened: OSError | None = None
+        try:
+            self._open()
+        except OSError as exc:  # a full or failing disk: start stopped, retry by itself
+            opened = exc
+
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._inbox_lock = threading.Lock()
+        self._inbox_bytes = 0
         # entry index -> (term, [(done callback, t0) per command in the batch])
         self._pending: dict[int, tuple[int, list[tuple[Callable, float]]]] = {}
         self._batch: list[tuple[bytes, Callable, float]] = []  # proposals of this turn
+        # Delayed flush: written but not yet fsynced, with what waits for the fsync.
+        self._unflushed_entries = 0
+        self._held: list = []  # messages_after_persist waiting for the fsync
+        self._held_persist: tuple[int, int] | None = None  # (index, term) to report
+        self._flush_due: float | None = None
+        self._last_flush = float("-inf")
+        # After an error: why (None while running), when to try to rebuild, backoff.
+        self.failure: str | None = None
+        self._failure_code = "UNAVAILABLE"
+        self._restart_at = 0.0
+        self._backoff = 0.0
+        self._started_at = self._clock()
+        self.restarts = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"raft-{node_id}-p{partition_id}", daemon=True
         )
         self._last_role = Role.FOLLOWER
-        self._last_snapshot_time = time.monotonic()
-        self.status: dict = {}  # a copy for other threads, refreshed every turn
+        self._last_snapshot_time = self._clock()
+        self._next_tick = self._clock() + tick_interval
+        self._last_healthy: bool | None = None
+        self.status: dict = {"partition": partition_id}  # a copy for other threads
+        if opened is not None:
+            self._fail(opened)
         self._refresh_status()
+
+    def _open(self) -> None:
+        """Load the partition from disk: journal (torn tail cut), hard state, snapshot."""
+        pid = self.partition_id
+        self.meta = MetaStore(self.directory)
+        self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"))
+        journal = Journal(
+            os.path.join(self.directory, "journal"), self._segment_size, flush=self._flush
+        )
+        try:
+            if journal.recovery.truncated_records or journal.recovery.truncated_bytes:
+                log.warning("partition %d: journal recovery: %s", pid, journal.recovery)
+            self.journal = journal
+            snapshot = self.snapshots.latest()
+            entries = self._entries_after(snapshot[0].index if snapshot else 0)
+            state = PartitionState(pid)
+            if snapshot:
+                state.restore(snapshot[1])
+            node = RaftNode(
+                self.node_id,
+                self._bootstrap,
+                self._raft_config,
+                hard_state=self.meta.load(),
+                snapshot=snapshot,
+                entries=entries,
+            )
+        except BaseException:
+            journal.close()
+            raise
+        self.state, self.node = state, node
 
     def _entries_after(self, snapshot_index: int):
         j = self.journal
@@ -119,19 +215,31 @@ class PartitionRunner:
         if self._thread.is_alive():  # it may never have been started
             self._thread.join(timeout)
         try:
-            for _, waiting in self._pending.values():
-                for done, _ in waiting:
-                    done(_unavailable("the broker is shutting down; outcome unknown"))
-            self._pending.clear()
+            self._answer_pending(_unavailable("the broker is shutting down; outcome unknown"))
         finally:
-            self.journal.close()  # releases the directory lock, whatever happened
+            _close_quietly(self.journal)  # releases the directory lock, whatever happened
 
     def deliver(self, msg) -> None:
+        """A Raft message for this partition; dropped when the inbox is full."""
+        size = _payload(msg)
+        if not self._admit(size, "raft"):
+            return
         self._inbox.put(msg)
 
     def propose(self, command: bytes, done: Callable[[dict], None]) -> None:
-        """Propose ``command``; ``done(result)`` is called once, on the partition thread."""
-        self._inbox.put(("propose", command, done, time.perf_counter()))
+        """Propose ``command``; ``done(result)`` is called once, on the partition thread
+        (on the caller's thread, at once, when the inbox is full)."""
+        item = ("propose", command, done, time.perf_counter())
+        if not self._admit(len(command), "proposal"):
+            done(
+                _error(
+                    "RESOURCE_EXHAUSTED",
+                    f"partition {self.partition_id}: too many requests queued "
+                    f"({MAX_INBOX_ITEMS} items or {MAX_INBOX_BYTES >> 20} MB); try again later",
+                )
+            )
+            return
+        self._inbox.put(item)
 
     def call(self, fn: Callable[[RaftNode], object]) -> Future:
         """Run ``fn(core)`` on the partition thread (rebalance, force reconfigure...)."""
@@ -139,45 +247,107 @@ class PartitionRunner:
         self._inbox.put(("call", fn, fut))
         return fut
 
+    def refusal(self, write: bool) -> dict | None:
+        """Why a client request must be refused at once (None: go ahead). Reads and
+        exports go on below data.freeSpace.processing; nothing does below replication."""
+        if self.failure is not None:
+            return _error(self._failure_code, self._stopped_message())
+        disk = self.disk
+        if disk is None:
+            return None
+        if not disk.replication_ok or (write and not disk.processing_ok):
+            return _error("RESOURCE_EXHAUSTED", f"partition {self.partition_id}: {disk.why()}")
+        return None
+
     @property
     def is_leader(self) -> bool:
         return self.status.get("role") == "leader"
 
+    def _admit(self, size: int, kind: str) -> bool:
+        if self._inbox.qsize() < MAX_INBOX_ITEMS:
+            if not size:
+                return True
+            with self._inbox_lock:
+                if self._inbox_bytes + size <= MAX_INBOX_BYTES:
+                    self._inbox_bytes += size
+                    return True
+        if self.metrics:
+            self.metrics.inbox_dropped.labels(self._label, kind).inc()
+        return False
+
     # --- the partition thread -------------------------------------------------
 
     def _run(self) -> None:
-        next_tick = time.monotonic() + self.tick_interval
-        try:
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception as exc:
                 try:
-                    item = self._inbox.get(timeout=max(0.0, next_tick - time.monotonic()))
-                except queue.Empty:
-                    item = ()
-                self._handle(item)
-                while True:  # drain: everything that arrived meanwhile joins this batch
-                    try:
-                        self._handle(self._inbox.get_nowait())
-                    except queue.Empty:
-                        break
-                if self._batch:
-                    self._propose_batch()
-                now = time.monotonic()
-                if now >= next_tick:
-                    self.node.tick()
-                    next_tick += self.tick_interval
-                    if next_tick < now:  # we fell far behind (paused): do not burst ticks
-                        next_tick = now + self.tick_interval
-                    self._maybe_snapshot()
-                self._process_ready()
+                    self._fail(exc)
+                except Exception:
+                    log.exception("partition %d: handling a failure failed", self.partition_id)
+            if self.failure is not None:
                 self._refresh_status()
-        except Exception:
-            log.exception("partition %d: raft thread failed; stopping it", self.partition_id)
-            self.status = {**self.status, "role": "inactive", "health": "dead"}
+
+    def run_once(self, block: bool = True) -> None:
+        """One turn: wait for the inbox (or the next tick or flush), drain it, drive the
+        core once. The thread calls it in a loop; tests may call it directly."""
+        now = self._clock()
+        wake = self._next_tick
+        if self._flush_due is not None:
+            wake = min(wake, self._flush_due)
+        if self.failure is not None:
+            wake = min(wake, self._restart_at)
+        try:
+            item = self._inbox.get(timeout=max(0.0, wake - now)) if block else self._get()
+        except queue.Empty:
+            item = ()
+        self._take(item)
+        while True:  # drain: everything that arrived meanwhile joins this batch
+            try:
+                self._take(self._inbox.get_nowait())
+            except queue.Empty:
+                break
+        if self.failure is not None:
+            if self._clock() >= self._restart_at:
+                self._try_restart()
+            return
+        if self._batch:
+            self._propose_batch()
+        now = self._clock()
+        if now >= self._next_tick:
+            self.node.tick()
+            self._next_tick += self.tick_interval
+            if self._next_tick < now:  # we fell far behind (paused): do not burst ticks
+                self._next_tick = now + self.tick_interval
+            self._maybe_snapshot()
+        if self._flush_due is not None and now >= self._flush_due:
+            self._flush_held()
+        self._process_ready()
+        self._refresh_status()
+
+    def _get(self):
+        return self._inbox.get_nowait()
+
+    def _take(self, item) -> None:
+        size = _payload(item) if item else 0
+        if size:
+            with self._inbox_lock:
+                self._inbox_bytes -= size
+        if self.failure is not None:
+            self._refuse(item)
+        else:
+            self._handle(item)
 
     def _handle(self, item) -> None:
         if not item:
             return
         if type(item) is not tuple:
+            disk = self.disk
+            if disk is not None and not disk.replication_ok:
+                item = self._without_entries(item)
+                if item is None:
+                    return
             self.node.step(item)
             return
         if item[0] == "propose":
@@ -188,6 +358,25 @@ class PartitionRunner:
                 fut.set_result(fn(self.node))
             except Exception as exc:
                 fut.set_exception(exc)
+
+    def _without_entries(self, msg):
+        """Below data.freeSpace.replication: persist nothing replicated. An append keeps
+        its place in the protocol as a heartbeat (the follower answers what it holds,
+        so the leader keeps it and retries later); a snapshot chunk is dropped."""
+        t = type(msg)
+        if t is AppendRequest and msg.entries:
+            return AppendRequest(
+                msg.term,
+                msg.src,
+                msg.dst,
+                msg.prev_index,
+                msg.prev_term,
+                _NO_ENTRIES,
+                msg.commit,
+            )
+        if t is InstallSnapshot:
+            return None
+        return msg
 
     def _propose_batch(self) -> None:
         batch, self._batch = self._batch, []
@@ -220,6 +409,12 @@ class PartitionRunner:
                 return
             for m in rd.messages:
                 self._send(m.dst, self.partition_id, m)
+            if self._held_persist is not None and (
+                rd.hard_state is not None or rd.truncate_from is not None or rd.snapshot
+            ):
+                # What waits for the delayed fsync must not outlive the log it speaks
+                # about (a truncation, a snapshot) nor follow a newer term or vote.
+                self._flush_held()
             if rd.hard_state is not None:
                 self.meta.save(rd.hard_state)
             if rd.truncate_from is not None:
@@ -228,22 +423,42 @@ class PartitionRunner:
                 self._store_snapshot(*rd.snapshot)
             if rd.entries:
                 self.journal.append(rd.entries)
-                t0 = time.perf_counter()
-                self.journal.flush()
-                if self.metrics:
-                    self.metrics.fsync_duration.labels(self._label).observe(
-                        time.perf_counter() - t0
-                    )
-                    self.metrics.fsync_batch.labels(self._label).observe(len(rd.entries))
-            for m in rd.messages_after_persist:
-                self._send(m.dst, self.partition_id, m)
-            if rd.entries:
+                self._unflushed_entries += len(rd.entries)
                 last = rd.entries[-1]
-                node.persisted(last.index, last.term)
+                self._held_persist = (last.index, last.term)
+            if self._held_persist is not None or self._held:
+                self._held.extend(rd.messages_after_persist)
+                due = self._last_flush + self.flush_delay
+                if self.flush_delay <= 0 or self._clock() >= due:
+                    self._flush_held()
+                elif self._flush_due is None:
+                    self._flush_due = due
+            else:
+                for m in rd.messages_after_persist:
+                    self._send(m.dst, self.partition_id, m)
             if rd.snapshot is not None:
                 self.state.restore(rd.snapshot[1])
             if rd.committed:
                 self._apply(rd.committed)
+
+    def _flush_held(self) -> None:
+        """fsync the journal, then release what waited for it (acks, votes, the
+        leader counting itself)."""
+        self._flush_due = None
+        if self._unflushed_entries:
+            t0 = time.perf_counter()
+            self.journal.flush()
+            if self.metrics:
+                self.metrics.fsync_duration.labels(self._label).observe(time.perf_counter() - t0)
+                self.metrics.fsync_batch.labels(self._label).observe(self._unflushed_entries)
+            self._unflushed_entries = 0
+            self._last_flush = self._clock()
+        held, self._held = self._held, []
+        persist, self._held_persist = self._held_persist, None
+        for m in held:
+            self._send(m.dst, self.partition_id, m)
+        if persist is not None:
+            self.node.persisted(*persist)
 
     def _store_snapshot(self, meta, data: bytes) -> None:
         self.snapshots.save(meta, data)
@@ -285,15 +500,146 @@ class PartitionRunner:
         behind = self.state.applied_index - node.log.snapshot_index
         if behind <= 0:
             return
-        due = time.monotonic() - self._last_snapshot_time >= self.snapshot_period
+        due = self._clock() - self._last_snapshot_time >= self.snapshot_period
         if behind < self.snapshot_entries and not due:
             return
+        if self.disk is not None and not self.disk.replication_ok:
+            return  # a snapshot is a whole copy of the state: not now
+        if self._held_persist is not None:
+            self._flush_held()  # compaction flushes the journal; release what waited
         meta = node.compact(self.state.applied_index, self.state.snapshot())
         self._store_snapshot(meta, node.snapshot[1])
-        self._last_snapshot_time = time.monotonic()
+        self._last_snapshot_time = self._clock()
+
+    # --- errors: stop, answer, rebuild from disk ------------------------------
+
+    def _fail(self, exc: BaseException) -> None:
+        """Stop driving the core after ``exc``; a rebuild from disk follows later."""
+        pid = self.partition_id
+        no_space = isinstance(exc, OSError) and exc.errno in NO_SPACE
+        if isinstance(exc, OSError):
+            log.error(
+                "partition %d: disk error: %s; partition stopped, it restarts from disk "
+                "by itself once the disk accepts writes again",
+                pid,
+                exc,
+            )
+        else:
+            log.exception("partition %d: raft thread failed; restarting it from disk", pid)
+        self.failure = f"{type(exc).__name__}: {exc}"
+        self._failure_code = "RESOURCE_EXHAUSTED" if no_space else "UNAVAILABLE"
+        now = self._clock()
+        stable = now - self._started_at >= STABLE_AFTER
+        self._backoff = (
+            RESTART_BACKOFF_MIN
+            if stable or not self._backoff
+            else min(RESTART_BACKOFF_MAX, self._backoff * 2)
+        )
+        self._restart_at = now + self._backoff
+        # Entries that were proposed may still commit elsewhere: outcome unknown.
+        self._answer_pending(_unavailable(f"partition {pid} stopped: {self.failure}"))
+        batch, self._batch = self._batch, []
+        for _, done, _ in batch:  # never proposed
+            done(_error(self._failure_code, self._stopped_message()))
+        # Unflushed entries are not acknowledged and never will be by this instance.
+        self._held, self._held_persist, self._flush_due = [], None, None
+        self._unflushed_entries = 0
+        _close_quietly(self.journal)
+        if self.disk is not None:
+            self.disk.check()
+        if self.metrics:
+            self.metrics.role.labels(self._label).set(_ROLE_VALUE[Role.FOLLOWER])
+
+    def _try_restart(self) -> None:
+        pid = self.partition_id
+        disk = self.disk
+        if disk is not None:
+            free = disk.check()
+            if free is not None and free <= disk.replication:
+                self._restart_at = self._clock() + self._backoff
+                return  # not yet: the disk has no room
+        try:
+            self._sync_from_disk()
+            self._open()
+        except Exception as exc:
+            self._backoff = min(RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_MIN, self._backoff * 2))
+            self._restart_at = self._clock() + self._backoff
+            log.warning(
+                "partition %d: restart from disk failed (%s: %s); next try in %.1fs",
+                pid,
+                type(exc).__name__,
+                exc,
+                self._backoff,
+            )
+            return
+        log.info(
+            "partition %d: restarted from disk after %s (log up to %d, term %d)",
+            pid,
+            self.failure,
+            self.node.log.last_index,
+            self.node.term,
+        )
+        self.failure = None
+        self.restarts += 1
+        self._started_at = self._clock()
+        self._last_role = Role.FOLLOWER
+        self._next_tick = self._clock() + self.tick_interval
+        if self.metrics:
+            self.metrics.partition_restarts.labels(self._label).inc()
+        self._refresh_status()
+
+    def _sync_from_disk(self) -> None:
+        """Make sure what the journal files hold is on disk, and read them from the disk
+        next, not from a page cache that an earlier failed fsync may have left behind."""
+        directory = os.path.join(self.directory, "journal")
+        if not os.path.isdir(directory):
+            return
+        for name in sorted(os.listdir(directory)):
+            if not name.endswith(".seg"):
+                continue
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                if self._flush:
+                    os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        if self._flush:
+            fsync_dir(directory)
+
+    def _refuse(self, item) -> None:
+        """While stopped: drop Raft traffic, refuse proposals and calls at once."""
+        if not item or type(item) is not tuple:
+            return
+        if item[0] == "propose":
+            item[2](_error(self._failure_code, self._stopped_message()))
+        else:
+            item[2].set_exception(RuntimeError(self._stopped_message()))
+
+    def _stopped_message(self) -> str:
+        return (
+            f"partition {self.partition_id} is stopped after an error ({self.failure}); "
+            "it restarts from disk by itself"
+        )
+
+    def _answer_pending(self, result: dict) -> None:
+        pending, self._pending = self._pending, {}
+        for _, waiting in pending.values():
+            for done, _ in waiting:
+                done(result)
 
     def _refresh_status(self) -> None:
         node = self.node
+        if self.failure is not None:
+            self.status = {
+                **self.status,
+                "role": "inactive",
+                "leader": None,
+                "health": "unhealthy",
+                "unhealthyReason": self._stopped_message(),
+            }
+            self._set_healthy(False)
+            return
         if node.role is not self._last_role:
             if self.metrics:
                 self.metrics.role.labels(self._label).set(_ROLE_VALUE[node.role])
@@ -302,6 +648,10 @@ class PartitionRunner:
             log.info("partition %d: %s in term %d", self.partition_id, node.role.value, node.term)
             self._last_role = node.role
         role = "leader" if node.role is Role.LEADER else "follower"
+        reason = None
+        disk = self.disk
+        if disk is not None and not (disk.processing_ok and disk.replication_ok):
+            reason = disk.why()
         self.status = {
             "partition": self.partition_id,
             "role": role,
@@ -314,8 +664,31 @@ class PartitionRunner:
             "appliedIndex": self.state.applied_index,
             "lastPosition": self.state.last_position,
             "exported": dict(self.state.exported),
-            "health": "healthy",
+            "health": "healthy" if reason is None else "unhealthy",
+            "restarts": self.restarts,
         }
+        if reason is not None:
+            self.status["unhealthyReason"] = reason
+        self._set_healthy(reason is None)
+
+    def _set_healthy(self, healthy: bool) -> None:
+        if healthy is not self._last_healthy:
+            self._last_healthy = healthy
+            if self.metrics:
+                self.metrics.partition_healthy.labels(self._label).set(1 if healthy else 0)
+
+
+def _close_quietly(journal: Journal | None) -> None:
+    if journal is None:
+        return
+    try:
+        journal.close()
+    except OSError as exc:
+        log.warning("closing journal %s: %s", journal.directory, exc)
+
+
+def _error(code: str, message: str) -> dict:
+    return {"ok": False, "code": code, "message": message}
 
 
 def _unavailable(message: str) -> dict:
