@@ -27,7 +27,7 @@ try:
     from broker.ops.api import API_FORMS, DEFAULT_FORM
     from broker.ops.failback import run_failback
     from broker.ops.failover import failover_seconds, run_failover
-    from broker.ops.report import audit_record, write_audit
+    from broker.ops.report import audit_record, redact, write_audit
 except ImportError as exc:  # reported when the task runs, not when Ansible loads plugins
     BROKER_IMPORT_ERROR: ImportError | None = exc
     API_FORMS, DEFAULT_FORM = ("8.6", "8.8"), "8.6"
@@ -67,15 +67,15 @@ class _Progress:
 
     def started(self, index: int, total: int, step: Any) -> None:
         self.total = total
-        display.display(f"[{index}/{total}] {step.title} ({step.name}) ...")
+        display.display(redact(f"[{index}/{total}] {step.title} ({step.name}) ..."))
 
     def finished(self, index: int, total: int, result: Any) -> None:
         display.display(
             f"      {result.status.upper()} in {result.seconds:.1f}s",
             color=STATUS_COLOR[result.status],
         )
-        display.display(_indented("saw: ", result.saw))
-        display.display(_indented("did: ", result.did))
+        display.display(redact(_indented("saw: ", result.saw)))
+        display.display(redact(_indented("did: ", result.did)))
 
 
 def _indented(label: str, text: str) -> str:
@@ -109,7 +109,10 @@ class ActionModule(ActionBase):
         procedure, region = args["procedure"], args["region"]
         check = bool(self._task.check_mode)
         try:
-            cluster = load_inventory(args["inventory"] or _inventory_of(task_vars))
+            cluster = load_inventory(
+                args["inventory"] or _inventory_of(task_vars),
+                vault_secrets=_play_vault_secrets(self._loader),
+            )
             cluster.check_region(region)
         except InventoryError as exc:
             raise AnsibleActionFail(str(exc)) from None
@@ -141,7 +144,7 @@ class ActionModule(ActionBase):
             headline, color="green" if record["outcome"] == "completed" else "bright red"
         )
         for line in _summary(results, acted, check, seconds, audit):
-            display.display(line)
+            display.display(redact(line))
         result.update(
             changed=bool(acted) and not check,
             procedure=procedure,
@@ -149,16 +152,18 @@ class ActionModule(ActionBase):
             dry_run=check,
             outcome=record["outcome"],
             acted=acted,
-            steps=[
-                {
-                    "name": r.name,
-                    "status": r.status,
-                    "saw": r.saw,
-                    "did": r.did,
-                    "seconds": round(r.seconds, 3),
-                }
-                for r in results
-            ],
+            steps=redact(
+                [
+                    {
+                        "name": r.name,
+                        "status": r.status,
+                        "saw": r.saw,
+                        "did": r.did,
+                        "seconds": round(r.seconds, 3),
+                    }
+                    for r in results
+                ]
+            ),
             audit=str(audit),
             inventory=cluster.source,
         )
@@ -167,7 +172,7 @@ class ActionModule(ActionBase):
         if results and results[-1].failed:
             last = results[-1]
             result["failed"] = True
-            result["msg"] = (
+            result["msg"] = redact(
                 f"{headline}. {last.name} saw: {last.saw} -- did: {last.did}. {RESUME_HINT}"
             )
         else:
@@ -230,6 +235,13 @@ def _summary(
         lines.append(f"every partition took a write {seconds:.1f}s after the failover started")
     lines.append(f"audit record: {audit}")
     return lines
+
+
+def _play_vault_secrets(loader: Any) -> list:
+    """The vault secrets this ansible-playbook was given (--vault-password-file,
+    --vault-id, ANSIBLE_VAULT_PASSWORD_FILE): the inventory is read with them."""
+    vault = getattr(loader, "_vault", None)
+    return list(getattr(vault, "secrets", None) or [])
 
 
 def _inventory_of(task_vars: dict) -> str:

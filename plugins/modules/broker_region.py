@@ -51,8 +51,13 @@ options:
     default: ""
   inventory:
     description:
-      - The inventory file describing the brokers (the project's format,
-        C(inventories/<env>/hosts.yml)), read with C(broker.ops.load_inventory).
+      - The inventory (a file or a directory, as for C(ansible-playbook -i)) describing the
+        brokers, read with C(broker.ops.load_inventory), which uses ansible-core's own
+        inventory and variable machinery and this play's vault secrets, so vault-encrypted
+        values (a C(!vault) C(broker_management_token), vault-encrypted vars files)
+        decrypt with the password given to C(ansible-playbook).
+      - The management token and every vault-encrypted value are redacted from this
+        task's output, its result and the audit record.
       - Default the C(inventory_file) of the play's host, else of the first host of the
         C(brokers) group.
     type: path
