@@ -1,10 +1,12 @@
-"""``python -m broker.lab``: build, inspect, break and remove the namespace lab.
+"""``python -m broker.lab``: build, inspect, break and remove the lab.
 
     python -m broker.lab up [--hosts-per-region 4]   # idempotent: repairs what is missing
+    python -m broker.lab up --init systemd           # hosts boot systemd; login: deploy+sudo
     python -m broker.lab status [--json]             # exit 1 unless every host answers SSH
     python -m broker.lab cut region1                 # inter-region link down
     python -m broker.lab heal
     python -m broker.lab kill region1 [--hard]       # brokers die; --hard: hosts gone too
+                                                     # (systemd hosts: broker units stopped)
     python -m broker.lab down [--purge]              # also after a crash
 
 Exit codes: 0 ok, 1 the operation failed, 2 usage error.
@@ -16,7 +18,7 @@ import argparse
 import json
 import sys
 
-from broker.lab.hosts import DEFAULT_DIR, DEFAULT_INVENTORY, REGIONS, Lab
+from broker.lab.hosts import DEFAULT_DIR, DEFAULT_INVENTORY, INITS, REGIONS, Lab
 from broker.lab.network import LabError, UsageError
 
 
@@ -34,7 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     up = sub.add_parser("up", parents=[common], help="create or repair the lab, write inventory")
     up.add_argument("--hosts-per-region", type=int, default=4, metavar="N")
-    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for SSH")
+    up.add_argument(
+        "--init",
+        choices=INITS,
+        default=None,
+        help="none: namespace hosts with a bare sshd, root login (the default for a new lab); "
+        "systemd: hosts boot systemd (systemd-nspawn), login as deploy with sudo. "
+        "A lab that is up keeps its kind.",
+    )
+    up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for boot and SSH")
     st = sub.add_parser("status", parents=[common], help="table of hosts")
     st.add_argument("--json", action="store_true")
     down = sub.add_parser("down", parents=[common], help="remove everything named brk*")
@@ -52,10 +62,12 @@ def _table(rows: list[dict]) -> str:
     def yn(v):
         return "yes" if v else "NO"
 
-    head = ("HOST", "REGION", "ADDRESS", "NETNS", "SSHD", "SSH", "BROKERS", "LINK")
+    head = ("HOST", "REGION", "ADDRESS", "INIT", "NETNS", "SSHD", "SSH", "BROKERS", "LINK")
     body = [
         (
-            r["name"], r["region"], r["address"], yn(r["netns"]),
+            r["name"], r["region"], r["address"],
+            r["init"] if r["init"] == "none" else f"{r['init']} ({r['system'] or 'down'})",
+            yn(r["netns"]),
             str(r["sshd_pid"]) if r["sshd"] else "dead", yn(r["ssh"]), str(r["brokers"]),
             "CUT" if r["cut"] else "ok",
         )
@@ -68,7 +80,7 @@ def _table(rows: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    lab = Lab(args.dir, args.inventory)
+    lab = Lab(args.dir, args.inventory, init=getattr(args, "init", None))
     try:
         if args.command == "up":
             lab.up(args.hosts_per_region, timeout=args.timeout)
@@ -86,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"lab: no hosts (nothing in {lab.dir}, no brk namespaces)")
                 return 1
             print(json.dumps(rows, indent=2) if args.json else _table(rows))
-            return 0 if all(r["netns"] and r["sshd"] and r["ssh"] for r in rows) else 1
+            ok = all(r["netns"] and r["sshd"] and r["ssh"] for r in rows)
+            booted = all(r["system"] in ("running", "degraded") for r in rows)
+            return 0 if ok and (booted or rows[0]["init"] == "none") else 1
     except UsageError as exc:
         print(f"lab: error: {exc}", file=sys.stderr)
         return 2
