@@ -9,7 +9,7 @@ SIM_SEEDS ?= 10000
 .PHONY: setup system-packages demo test lint sim bench clean
 
 # Debian packages the lab tests need (network namespaces with sshd, nftables).
-SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping
+SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping systemd-container sudo
 
 setup: system-packages $(VENV)/.installed
 
