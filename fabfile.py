@@ -10,6 +10,7 @@
     fab isolate-region --region region1          # an inter-region cut (lab/real hosts)
     fab heal-region --region region1
     fab rolling-restart                          # one broker at a time, region by region
+    fab stop-region --region region1 --dry-run   # every task that changes things has --dry-run
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
 ``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``; a
@@ -36,6 +37,12 @@ from broker.ops.drill import DRILL_STEPS, print_drill_figures, run_drill
 from broker.ops.failback import run_failback
 from broker.ops.failover import failover_seconds, run_failover
 from broker.ops.isolation import run_heal, run_isolate
+from broker.ops.regions import (
+    dry_run_drill,
+    dry_run_rolling_restart,
+    run_start_region,
+    run_stop_region,
+)
 from broker.ops.report import ConsoleProgress, audit_record, print_summary, write_audit
 from broker.ops.rolling import restart_order, run_rolling_restart
 from broker.ops.status import VERIFY_STEPS, print_status, run_verify
@@ -245,13 +252,23 @@ def failback(
         "yes": "do not ask before killing the region",
         "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
         "rate": "records per second of the write load (default 200)",
+        "dry-run": "change nothing: check the cluster, say what each step would do",
         "inventory": INVENTORY_HELP,
     },
 )
-def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, inventory=None):
+def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, dry_run=False, inventory=None):
     """Drill a region loss under load: kill+wipe it, fail over, fail back, check nothing lost."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
+    options = {"dryRun": dry_run, "yes": yes, "api": api, "rate": float(rate)}
+    if dry_run:
+        _api_form(api)
+        results = dry_run_drill(
+            cluster, _region(cluster, region), rate=float(rate), progress=ConsoleProgress(console)
+        )
+        record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster)
+        _exit_unless_completed(record)
+        return
     nested = ConsoleProgress(console, indent="        ")
     results, figures = run_drill(
         cluster,
@@ -264,7 +281,6 @@ def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, inventory=None):
         nested_progress=nested,
         rate=float(rate),
     )
-    options = {"dryRun": False, "yes": yes, "api": api, "rate": float(rate)}
     record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster)
     print_drill_figures(figures, console)
     _exit_unless_completed(record)
@@ -319,25 +335,30 @@ def heal_region(c, region, dry_run=False, inventory=None):
     help={
         "region": "restart only this region's brokers (default: all, region by region)",
         "yes": "do not ask",
+        "dry-run": "change nothing: check the cluster, list the restarts in their order",
         "inventory": INVENTORY_HELP,
     },
 )
-def rolling_restart(c, region=None, yes=False, inventory=None):
+def rolling_restart(c, region=None, yes=False, dry_run=False, inventory=None):
     """Restart brokers one at a time, region by region, waiting for a whole cluster between."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
     if region is not None:
         _region(cluster, region)
-    results = run_rolling_restart(
-        cluster,
-        control=InventoryControl(),
-        region=region,
-        yes=yes,
-        confirm=_typed_confirmation(region or "all"),
-        progress=ConsoleProgress(console),
-    )
-    total = 1 + len(restart_order(cluster, region))
-    options = {"dryRun": False, "yes": yes}
+    order = restart_order(cluster, region)
+    if dry_run:
+        results = dry_run_rolling_restart(cluster, order, progress=ConsoleProgress(console))
+    else:
+        results = run_rolling_restart(
+            cluster,
+            control=InventoryControl(),
+            region=region,
+            yes=yes,
+            confirm=_typed_confirmation(region or "all"),
+            progress=ConsoleProgress(console),
+        )
+    total = 1 + len(order)
+    options = {"dryRun": dry_run, "yes": yes}
     record = _finish("rolling-restart", region or "all", results, total, started, options, cluster)
     _exit_unless_completed(record)
 
@@ -347,32 +368,57 @@ def rolling_restart(c, region=None, yes=False, inventory=None):
     help={
         "region": "region whose brokers to stop",
         "yes": "do not ask",
+        "dry-run": "change nothing: say which brokers answer and what would stop them",
         "inventory": INVENTORY_HELP,
     },
 )
-def stop_region(c, region, yes=False, inventory=None):
+def stop_region(c, region, yes=False, dry_run=False, inventory=None):
     """Stop every broker of a region (broker stop, or systemctl over SSH)."""
     cluster = _cluster(inventory)
-    brokers = cluster.in_region(_region(cluster, region))
-    if not yes and not _typed_confirmation(region)(
-        f"Stop brokers {', '.join(str(b.node_id) for b in brokers)} of {region}?"
-    ):
-        raise Exit("fab: stopped nothing", code=1)
-    control = InventoryControl()
-    for b in brokers:
-        console.print(control.stop(b))
+    started = datetime.now(UTC)
+    results = run_stop_region(
+        cluster,
+        _region(cluster, region),
+        control=InventoryControl(),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        progress=ConsoleProgress(console),
+    )
+    total = len(cluster.in_region(region))
+    options = {"dryRun": dry_run, "yes": yes}
+    _exit_unless_completed(
+        _finish("stop-region", region, results, total, started, options, cluster)
+    )
 
 
 @task(
     auto_shortflags=False,
-    help={"region": "region whose brokers to start", "inventory": INVENTORY_HELP},
+    help={
+        "region": "region whose brokers to start",
+        "yes": "do not ask (after a failover, only a rebuilt region with empty disks may start)",
+        "dry-run": "change nothing: say which brokers answer and what would start the others",
+        "inventory": INVENTORY_HELP,
+    },
 )
-def start_region(c, region, inventory=None):
+def start_region(c, region, yes=False, dry_run=False, inventory=None):
     """Start every broker of a region (broker start, or systemctl over SSH)."""
     cluster = _cluster(inventory)
-    control = InventoryControl()
-    for b in cluster.in_region(_region(cluster, region)):
-        console.print(control.start(b))
+    started = datetime.now(UTC)
+    results = run_start_region(
+        cluster,
+        _region(cluster, region),
+        control=InventoryControl(),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        progress=ConsoleProgress(console),
+    )
+    total = len(cluster.in_region(region))
+    options = {"dryRun": dry_run, "yes": yes}
+    _exit_unless_completed(
+        _finish("start-region", region, results, total, started, options, cluster)
+    )
 
 
 @task(

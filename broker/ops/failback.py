@@ -6,7 +6,9 @@ the region is rebuilt (fresh disks), failback restores RF and placement:
 1. ``start_region_brokers``: its brokers start and join with no partitions;
 2. ``pause_exporting``: so the surviving sink stops moving;
 3. ``restore_export_sink``: copy the surviving exporter's file sink into the
-   recreated region's sink directory;
+   recreated region's sink directory (``export_sinks``: the inventory's
+   ``broker_export_sinks``, or the shared ``broker_export_dir`` of brokers that all
+   run on this machine, as in ``inventories/local``);
 4. ``enable_exporter``: the region's exporter, initialized from the survivor's
    position (so it continues exactly where the copied sink ends);
 5. ``resume_exporting``;
@@ -68,6 +70,7 @@ from broker.ops.view import (
 __all__ = [
     "add_brokers_back",
     "enable_exporter",
+    "export_sinks",
     "pause_exporting",
     "restore_export_sink",
     "resume_exporting",
@@ -237,6 +240,29 @@ def copy_sink(source: str, target: str) -> str | None:
     return kept
 
 
+def export_sinks(cluster: Cluster) -> dict[str, str]:
+    """Exporter id -> the directory of its file sink, as this controller sees it.
+
+    The inventory's ``broker_export_sinks`` when it names them (each exporter writes one
+    sink that every broker and the controller see, e.g. a shared mount: the lab's layout).
+    Otherwise, when every broker runs on this machine and all of them share one
+    ``broker_export_dir`` (``inventories/local``), that directory holds one shared sink
+    per exporter: ``<broker_export_dir>/<exporter id>``, exactly where the role points
+    each file exporter. Brokers on other hosts each write their own disk: without
+    ``broker_export_sinks`` no sink is known (the failback step then says so).
+    """
+    if cluster.sinks:
+        return {str(k): str(v) for k, v in cluster.sinks.items()}
+    dirs = {str(b.vars.get("broker_export_dir") or "") for b in cluster.brokers}
+    if len(dirs) != 1 or not all(b.is_local for b in cluster.brokers):
+        return {}
+    (root,) = dirs
+    if not root or "{{" in root:
+        return {}
+    exporters = [cluster.exporter_of(r) for r in cluster.regions]
+    return {e: os.path.join(root, e) for e in exporters}
+
+
 @step("restore the region's export sink from the surviving one", acts=True)
 def restore_export_sink(
     cluster: Cluster,
@@ -253,11 +279,13 @@ def restore_export_sink(
     if sink_restored:
         return skipped("the operator says the sink was restored (sink_restored)", "copied nothing")
     target, source = cluster.exporter_of(region), cluster.exporter_of(cluster.other_region(region))
-    src, dst = cluster.sinks.get(source), cluster.sinks.get(target)
+    sinks = export_sinks(cluster)
+    src, dst = sinks.get(source), sinks.get(target)
     if not src or not dst:
         return failed(
             f"no file sink directory is known for exporter {source if not src else target} "
-            f"(inventory var broker_export_sinks: {{{source}: DIR, {target}: DIR}})",
+            f"(inventory var broker_export_sinks: {{{source}: DIR, {target}: DIR}}, "
+            "or one broker_export_dir shared by brokers that all run on this machine)",
             f"copy {source}'s sink to {target}'s by hand, then re-run with sink_restored",
         )
     if dry_run:
