@@ -293,13 +293,10 @@ class PartitionRunner:
         """One turn: wait for the inbox (or the next tick or flush), drain it, drive the
         core once. The thread calls it in a loop; tests may call it directly."""
         now = self._clock()
-        wake = self._next_tick
-        if self._flush_due is not None:
-            wake = min(wake, self._flush_due)
-        if self.failure is not None:
-            wake = min(wake, self._restart_at)
         try:
-            item = self._inbox.get(timeout=max(0.0, wake - now)) if block else self._get()
+            item = (
+                self._inbox.get(timeout=max(0.0, self._wake_at() - now)) if block else self._get()
+            )
         except queue.Empty:
             item = ()
         self._take(item)
@@ -325,6 +322,15 @@ class PartitionRunner:
             self._flush_held()
         self._process_ready()
         self._refresh_status()
+
+    def _wake_at(self) -> float:
+        """When the next turn is due without input: a tick or a delayed flush; while
+        stopped after an error, only the next restart attempt."""
+        if self.failure is not None:
+            return self._restart_at
+        if self._flush_due is not None:
+            return min(self._next_tick, self._flush_due)
+        return self._next_tick
 
     def _get(self):
         return self._inbox.get_nowait()

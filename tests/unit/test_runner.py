@@ -309,6 +309,24 @@ def test_a_disk_error_stops_the_partition_which_restarts_from_disk(tmp_path, exc
         r.stop()
 
 
+def test_a_stopped_partition_sleeps_until_its_restart_attempt(tmp_path):
+    """No busy loop while stopped: the next wake-up is the restart attempt, not the
+    ticks it no longer takes."""
+    clock = FakeClock()
+    r = make_runner(tmp_path, clock=clock)
+    try:
+        r._fail(OSError(errno.ENOSPC, "No space left on device"))
+        clock.advance(10 * TICK)  # ticks are long overdue
+        r.run_once(block=False)
+        assert r.failure is not None
+        assert r._wake_at() - clock() == pytest.approx(runner_mod.RESTART_BACKOFF_MIN - 10 * TICK)
+        clock.advance(runner_mod.RESTART_BACKOFF_MIN)
+        r.run_once(block=False)  # the attempt: the disk is fine, so it restarts
+        assert r.failure is None and r.restarts == 1
+    finally:
+        r.stop()
+
+
 def test_a_failed_fsync_acknowledges_nothing_and_the_partition_recovers(tmp_path):
     r = make_runner(tmp_path)
     r.start()
