@@ -299,12 +299,7 @@ class PartitionRunner:
             )
         except queue.Empty:
             item = ()
-        self._take(item)
-        while True:  # drain: everything that arrived meanwhile joins this batch
-            try:
-                self._take(self._inbox.get_nowait())
-            except queue.Empty:
-                break
+        self._drain(item)
         if self.failure is not None:
             if self._clock() >= self._restart_at:
                 self._try_restart()
@@ -335,15 +330,24 @@ class PartitionRunner:
     def _get(self):
         return self._inbox.get_nowait()
 
-    def _take(self, item) -> None:
-        size = _payload(item) if item else 0
-        if size:
-            with self._inbox_lock:
-                self._inbox_bytes -= size
-        if self.failure is not None:
-            self._refuse(item)
-        else:
-            self._handle(item)
+    def _drain(self, item) -> None:
+        """Handle ``item`` and everything queued behind it (it all joins this turn's
+        batch); the inbox's byte budget is given back once for the lot."""
+        handle = self._refuse if self.failure is not None else self._handle
+        get, freed = self._inbox.get_nowait, 0
+        try:
+            while True:
+                if item:
+                    freed += _payload(item)
+                    handle(item)
+                try:
+                    item = get()
+                except queue.Empty:
+                    return
+        finally:
+            if freed:
+                with self._inbox_lock:
+                    self._inbox_bytes -= freed
 
     def _handle(self, item) -> None:
         if not item:

@@ -390,15 +390,13 @@ def test_a_full_inbox_drops_raft_messages_and_refuses_proposals(tmp_path, monkey
         text = metrics.render().decode()
         assert 'broker_partition_inbox_dropped_total{kind="raft",partition="1"} 30.0' in text
         # Bytes are bounded too: a few big appends fill it long before the item count.
-        while r._inbox.qsize():
-            r._take(r._inbox.get_nowait())
+        r._drain(())
         big = Entry(1, 1, EntryKind.NORMAL, b"x" * (300 << 10))
         for _ in range(10):
             r.deliver(AppendRequest(1, 1, 0, 0, 0, (big,), 0))
         assert r._inbox.qsize() == 3
         assert r._inbox_bytes <= 1 << 20
-        while r._inbox.qsize():  # draining gives the budget back
-            r._take(r._inbox.get_nowait())
-        assert r._inbox_bytes == 0
+        r._drain(())  # draining gives the budget back
+        assert r._inbox.qsize() == 0 and r._inbox_bytes == 0
     finally:
         r.stop()
