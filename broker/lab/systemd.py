@@ -268,6 +268,8 @@ def nspawn_argv(name: str, root: Path, binds: list[tuple[Path, str]], hide: list
         network.tool(NSPAWN), "--quiet", "--directory", str(root), "--boot",
         "--machine", name, "--register=no", "--keep-unit",
         f"--network-namespace-path=/run/netns/{name}",
+        # root on the host may manage its own network namespace (nft: fab isolate-region)
+        "--capability=CAP_NET_ADMIN",
         "--tmpfs=/tmp", "--link-journal=no", "--resolv-conf=off", "--timezone=off",
     ]  # fmt: skip
     argv += [f"--bind={src}:{dst}" for src, dst in binds]
