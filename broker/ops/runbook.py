@@ -60,7 +60,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from broker.ops.inventory import Cluster, InventoryError, load_inventory
-from broker.ops.report import _operator, write_audit
+from broker.ops.report import _operator, redact, write_audit
 
 PROJECT = Path(__file__).resolve().parents[2]
 RUNBOOK_DIR = PROJECT / "runbooks"
@@ -69,6 +69,8 @@ DEFAULT_TIMEOUT = 3600.0  # seconds per command; a step can set its own with "Ti
 TAIL_LINES = 40  # of each command's output, kept in the audit record
 TAIL_CHARS = 6000
 READER_GRACE = 5.0  # after a command exits, how long its output may still drain
+TOKEN_ENV = "BROKER_MANAGEMENT_TOKEN"  # brokerctl's: the inventory's token, for its commands
+_TOKENS: dict[str, str] = {}  # inventory -> its management token, as resolve_parameters read it
 
 STEP_RE = re.compile(r"^##\s+Step\s+(\d+)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 HEADING_RE = re.compile(r"^(#{1,2})\s+(.*?)\s*$")
@@ -473,6 +475,8 @@ def resolve_parameters(
                         raise RunbookError(f"runbook {runbook.name}: {exc}") from None
             for key, value in derived_parameters(cluster, params).items():
                 params.setdefault(key, value)
+            if cluster.token:
+                _TOKENS[params["inventory"]] = cluster.token
     missing = needed - params.keys()
     if missing:
         raise MissingParameters(runbook.name, missing)
@@ -675,6 +679,9 @@ class Runner:
             "BROKER_INVENTORY": self.params["inventory"],
             **(env or {}),
         }
+        token = self.env.get(TOKEN_ENV) or _inventory_token(self.params["inventory"])
+        if token:  # brokerctl steps talk to a management API that wants it
+            self.env[TOKEN_ENV] = token
 
     # what the operator sees
 
@@ -699,7 +706,7 @@ class Runner:
         self.console.print(grid)
 
     def echo(self, line: str) -> None:
-        self.console.print(f"    {line}", markup=False, highlight=False, soft_wrap=True)
+        self.console.print(f"    {redact(line)}", markup=False, highlight=False, soft_wrap=True)
 
     # running
 
@@ -896,11 +903,22 @@ def execute(
                 break
     record["finishedAt"] = datetime.now(UTC).isoformat()
     record["seconds"] = round(sum(s["seconds"] for s in record["steps"]), 3)
+    record = redact(record)  # commands' output may hold a secret: the record never does
     _summary(runner, record, total)
     path = write_audit(record, audit_directory or audit_dir())
     record["auditFile"] = str(path)
     console.print(f"audit record: {path}")
     return record
+
+
+def _inventory_token(inventory: str) -> str | None:
+    """The inventory's management token (read by resolve_parameters, else now)."""
+    if inventory not in _TOKENS:
+        try:
+            _TOKENS[inventory] = load_inventory(inventory).token or ""
+        except InventoryError:
+            _TOKENS[inventory] = ""
+    return _TOKENS[inventory] or None
 
 
 def _summary(runner: Runner, record: dict[str, Any], total: int) -> None:
