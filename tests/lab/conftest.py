@@ -1,4 +1,5 @@
-"""One small lab (2 hosts per region) for the module, always torn down.
+"""One small lab (2 hosts per region) for the module, always torn down; ``systemd_lab``: the
+same with hosts that boot systemd.
 
 Network namespaces are machine-wide, so only one lab can exist at a time: the fixture takes a
 machine lock (another pytest worker waits for it) and refuses to touch a lab it did not make.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.lab import Lab
+from broker.lab import Lab, systemd
 from tests.ansible.conftest import broker_sources  # noqa: F401 (the shared source snapshot)
 from tests.labutil import TEST_LOCK, apply_xdist_groups, machine_lock, skip_for_foreign_lab
 
@@ -31,6 +32,25 @@ def lab(tmp_path_factory):
         lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
         try:
             lab.up(HOSTS_PER_REGION)
+            yield lab
+        finally:
+            lab.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def systemd_lab(tmp_path_factory):
+    """The same, with hosts that boot systemd (``init="systemd"``): SSH as deploy + sudo."""
+    if reason := systemd.unavailable_reason():
+        print(f"systemd lab hosts unavailable: {reason}")
+        pytest.skip(reason)
+    with machine_lock():
+        skip_for_foreign_lab()
+        root = tmp_path_factory.mktemp("lab-systemd")
+        lab = Lab(
+            root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml", init="systemd"
+        )
+        try:
+            lab.up(HOSTS_PER_REGION, timeout=120)
             yield lab
         finally:
             lab.down(purge=True)
