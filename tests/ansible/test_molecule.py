@@ -5,7 +5,12 @@ SSH, converge, idempotence, verify with testinfra, destroy.
 - default: 4 brokers, 2 on each of 2 lab hosts (the smallest layout preflight accepts);
   testinfra checks ports, configuration file, process user and health on every broker;
 - cluster: 4 lab hosts, one broker each, 4 partitions RF 4; side_effect runs the role's
-  verify entry point and testinfra checks RF/2 replicas per region on every partition.
+  verify entry point and testinfra checks RF/2 replicas per region on every partition;
+- systemd: 4 lab hosts that boot systemd (`lab up --init systemd`), logged into as deploy
+  with become, one broker each as the role's hardened unit; testinfra checks the unit is
+  active, enabled, sandboxed (systemd-analyze security) and its ports listen. It takes
+  minutes on a busy machine: the whole scenario runs with BROKER_LAB_SYSTEMD_FULL=1, and
+  `molecule syntax -s systemd` always.
 
 Each run gets its own molecule ephemeral directory (MOLECULE_EPHEMERAL_DIRECTORY), which
 holds its lab's keys and data. The lab is machine-wide: the tests hold the machine lock,
@@ -15,6 +20,7 @@ skip when a lab they did not bring up is up, and take down whatever is left afte
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import subprocess
 import time
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.lab import Lab, network, unavailable_reason
+from broker.lab import Lab, network, systemd, unavailable_reason
 from tests.labutil import machine_lock, skip_for_foreign_lab
 
 from .conftest import ROOT, ansible_env, tool
@@ -37,9 +43,10 @@ pytestmark = [pytest.mark.xdist_group("brk-lab"), pytest.mark.slow]
 
 ROLE = ROOT / "roles" / "broker"
 # testinfra tests each scenario must have run (tests x hosts, plus host-less tests)
-SCENARIOS = {"default": 5 * 4, "cluster": 2 * 4 + 1}
+SCENARIOS = {"default": 5 * 4, "cluster": 2 * 4 + 1, "systemd": 6 * 4}
 STEPS = {
     "default": ["destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy"],
+    "systemd": ["destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy"],
     "cluster": [
         "destroy", "syntax", "create", "converge", "idempotence", "side_effect", "verify",
         "destroy",
@@ -80,9 +87,30 @@ def summary_counts(output: str) -> dict[str, int]:
     return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", found[0])}
 
 
+SYSTEMD_FULL = os.environ.get("BROKER_LAB_SYSTEMD_FULL") == "1"
+
+
+def skip_unless_systemd_runs(scenario: str) -> None:
+    if scenario != "systemd":
+        return
+    if not SYSTEMD_FULL:
+        pytest.skip("molecule test -s systemd takes minutes: BROKER_LAB_SYSTEMD_FULL=1")
+    if reason := systemd.unavailable_reason():
+        print(f"systemd lab hosts unavailable: {reason}")
+        pytest.skip(reason)
+
+
+def test_molecule_systemd_scenario_syntax(tmp_path):
+    """The part of the systemd scenario that needs no lab: its playbooks parse."""
+    rc, output = molecule("systemd", "syntax", tmp_path, timeout=300)
+    assert rc == 0, output
+    assert re.search(r"^systemd (?:➜|>) syntax: Executed: Successful$", output, re.M), output
+
+
 @pytest.mark.timeout(1500)
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_molecule_scenario_passes(scenario, tmp_path_factory, record_property):
+    skip_unless_systemd_runs(scenario)
     ephemeral = tmp_path_factory.mktemp(f"mol-{scenario}")  # short: SSH control sockets live here
     with machine_lock():
         skip_for_foreign_lab()
