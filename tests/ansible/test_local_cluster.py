@@ -2,8 +2,10 @@
 
 One test walks the whole lifecycle, because every step needs the cluster the
 previous one left (and pytest-xdist may otherwise split the steps across
-workers): deploy, an unchanged re-run, verify in check mode, a rolling
-restart, remove without and with confirmation. The finalizer stops every
+workers): deploy, an unchanged re-run, verify in check mode, the README's
+region-loss path with fab (stop region1, failover, rebuild, failback, on the
+inventory's own export-sink layout), deploy in check mode, a rolling restart,
+remove without and with confirmation. The finalizer stops every
 broker by its pid file whatever happens.
 """
 
@@ -11,12 +13,31 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import LocalInventory, ansible_playbook, make_local_inventory, pid_alive
+from broker.client import BrokerClient
+from broker.localcluster import wait_for
+from tests.integration.test_cluster import assert_all_readable, write
+from tests.integration.test_exporters import complete_in_order
+from tests.ops.conftest import sink_records
+
+from .conftest import (
+    ROOT,
+    LocalInventory,
+    Run,
+    ansible_env,
+    ansible_playbook,
+    make_local_inventory,
+    pid_alive,
+    tool,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +69,7 @@ def leaders(topo: dict) -> dict[int, int]:
 
 
 @pytest.mark.timeout(1800)
-def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
+def test_local_inventory_lifecycle(local_inventory, record_property, capsys, tmp_path):
     inv = local_inventory
     times = {}
 
@@ -71,7 +92,7 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
         assert cfg["cluster"]["clusterSize"] == 8
         assert sorted(cfg["cluster"]["initialContactPoints"]) == internal
         assert cfg["network"]["gateway"]["port"] == host_vars["broker_gateway_port"]
-        export = inv.host_dir(host) / "export"
+        export = inv.var / "export"  # one shared sink per exporter (region)
         assert cfg["exporters"] == {
             f"region{i}": {"type": "file", "args": {"path": f"{export}/region{i}"}} for i in (0, 1)
         }
@@ -96,6 +117,11 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
     assert run.changed == 0, str(run)
     assert "placement ok (runtime): 8 partitions" in run.output, str(run)
 
+    # --- the README's default path: lose region1, fab failover, rebuild, fab failback --
+    times.update(fail_over_and_back(inv, tmp_path))
+    pids = inv.pids()  # region1 runs new processes now
+    assert set(pids) == set(inv.hosts) and all(pid_alive(p) for p in pids.values()), pids
+
     # --- deploy in check mode with a changed setting: reports, touches nothing -----
     before = {host: inv.config(host).read_text() for host in inv.hosts}
     run = ansible_playbook(
@@ -103,7 +129,11 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
     )
     times["deploy --check --diff (changed setting)"] = run.seconds
     assert run.returncode == 0, str(run)
-    assert "+  snapshotPeriod: 4m" in run.output, str(run)
+    # the config task reports the change on every host; its diff is never shown (token)
+    config_task = run.output.split("TASK [broker : Write the broker configuration]")[1]
+    config_task = config_task.split("TASK [")[0]
+    assert all(f"changed: [{host}]" in config_task for host in inv.hosts), str(run)
+    assert "snapshotPeriod" not in run.output, str(run)
     assert "would restart, one at a time: brk-r0-h0, brk-r0-h1," in run.output, str(run)
     assert {host: inv.config(host).read_text() for host in inv.hosts} == before
     assert inv.pids() == pids, "check mode restarted brokers"
@@ -131,9 +161,11 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
     assert all((inv.host_dir(h) / "data").is_dir() for h in inv.hosts)
 
     # --- and with it stops everything and deletes the data -------------------------
+    new_pids = inv.pids()
     run = ansible_playbook(inv.path, "playbooks/remove.yml", "-e", "broker_remove_confirm=true")
     times["remove"] = run.seconds
     assert run.returncode == 0, str(run)
+    assert not (inv.var / "export").exists(), "remove left the shared export sinks"
     alive = {h: p for h, p in new_pids.items() if pid_alive(p)}
     assert not alive, f"still running after remove: {alive}\n{run}"
     for host in inv.hosts:
@@ -145,6 +177,91 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys):
         record_property(step, round(seconds, 1))
     with capsys.disabled():
         print(f"\nansible on the local inventory: {summary}")
+
+
+def fab(inv: LocalInventory, audit: Path, *args: str) -> Run:
+    cmd = [tool("fab"), "--inventory", str(inv.path), *args]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd,
+        cwd=ROOT,
+        env=ansible_env(BROKER_OPS_AUDIT_DIR=str(audit), COLUMNS="200"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    return Run(cmd, proc.returncode, proc.stdout, time.monotonic() - start)
+
+
+def audit_records(audit: Path) -> dict[str, dict]:
+    """procedure-region -> its audit record (the latest of each)."""
+    out = {}
+    for path in sorted(audit.glob("*.json")):
+        record = json.loads(path.read_text())
+        out[f"{record['procedure']}-{record['region']}"] = record
+    return out
+
+
+def fail_over_and_back(inv: LocalInventory, tmp_path: Path) -> dict[str, float]:
+    """On the deployed copy of inventories/local, as is (its export-sink layout
+    included): stop region1, `fab failover`, wipe region1's disks, `fab start-region`,
+    `fab failback`. Every acknowledged record survives, both regions' sinks hold the
+    same records, and the placement is 2 of 4 replicas per region again."""
+    audit = tmp_path / "audit"
+    times = {}
+    gateways = ",".join(f"127.0.0.1:{v['broker_gateway_port']}" for v in inv.hosts.values())
+    with BrokerClient(gateways, timeout=20) as client:
+        acked = {}
+        for p in range(1, PARTITIONS + 1):
+            acked.update(write(client, 5, f"before-p{p}", partition=p))
+    assert len(acked) == 5 * PARTITIONS
+    region1 = [h for h in inv.hosts if h.startswith("brk-r1")]
+
+    run = fab(inv, audit, "stop-region", "--region", "region1", "--yes")
+    assert run.returncode == 0, str(run)
+    stopped = lambda: not any(pid_alive(p) for h, p in inv.pids().items() if h in region1)  # noqa: E731
+    wait_for(stopped, 30, "region1's brokers to exit")
+
+    run = fab(inv, audit, "failover", "--lost-region", "region1", "--yes")
+    times["fab failover"] = run.seconds
+    assert run.returncode == 0, str(run)
+    assert "failover of region1: completed" in run.output, str(run)
+
+    # region1 is rebuilt: empty data disks (its export sink stays, stale)
+    for host in region1:
+        shutil.rmtree(inv.host_dir(host) / "data")
+    run = fab(inv, audit, "start-region", "--region", "region1", "--yes")
+    assert run.returncode == 0, str(run)
+
+    run = fab(inv, audit, "failback", "--region", "region1", "--yes")
+    times["fab failback"] = run.seconds
+    assert run.returncode == 0, str(run)
+    assert "failback of region1: completed" in run.output, str(run)
+    records = audit_records(audit)
+    for name in ("stop-region", "failover", "start-region", "failback"):
+        assert records[f"{name}-region1"]["outcome"] == "completed", records[f"{name}-region1"]
+    steps = {s["name"]: s for s in records["failback-region1"]["steps"]}
+    sink = inv.var / "export"
+    assert steps["restore_export_sink"]["status"] == "done", steps["restore_export_sink"]
+    assert f"copied it to {sink / 'region1'}" in steps["restore_export_sink"]["did"]
+
+    # placement restored: every partition has 4 replicas, 2 in each region
+    run = fab(inv, audit, "verify")
+    assert run.returncode == 0, str(run)
+    assert "8 partitions, 4 replicas each (2+2 per region), one healthy leader each" in (
+        run.output
+    ), str(run)
+    assert "verify dual-region: completed" in run.output, str(run)
+    with BrokerClient(gateways, timeout=20) as client:
+        for p in range(1, PARTITIONS + 1):
+            acked.update(write(client, 5, f"after-p{p}", partition=p))
+        assert_all_readable(client, acked)
+    for region in ("region0", "region1"):
+        wait_for(lambda r=region: complete_in_order(str(sink / r), acked), 30, f"{region}'s sink")
+    assert sink_records(str(sink / "region1")) == sink_records(str(sink / "region0"))
+    return times
 
 
 def test_check_mode_on_fresh_hosts_reports_and_touches_nothing(tmp_path, broker_sources):
