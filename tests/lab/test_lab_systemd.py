@@ -187,7 +187,7 @@ def start_fake_brokers(lab: Lab) -> None:
             f"printf {shlex.quote(unit)} | sudo -n tee {FAKE_UNIT_FILE} >/dev/null && "
             f"sudo -n systemctl daemon-reload && sudo -n systemctl start {FAKE_UNIT}",
         )  # fmt: skip
-    wait_until(lambda: all(r["brokers"] == 1 for r in lab.status()), 30, "fake brokers up")
+    wait_until(lambda: all(r["brokers"] == 1 for r in lab.status()), 30, interval=0.2)
 
 
 def stop_fake_brokers(lab: Lab) -> None:
@@ -335,7 +335,7 @@ def test_role_on_systemd_hosts_deploy_rerun_restart_kill9_security_remove(
         return state if state["ActiveState"] == "active" and int(state["MainPID"]) not in (
             0, old) else None  # fmt: skip
 
-    state = wait_until(restarted_by_systemd, 60, "systemd to restart the killed broker")
+    state = wait_until(restarted_by_systemd, 60, interval=0.5)
     assert int(state["NRestarts"]) >= 1, state
     times["restart after kill -9"] = time.monotonic() - start
     run = ansible_playbook(lab.inventory, "playbooks/verify.yml", "--check")
