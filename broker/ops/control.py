@@ -66,6 +66,13 @@ def _broker_command(broker: Broker, action: str, local: bool) -> list[str]:
     )
     program = os.path.join(str(venv), "bin", "broker") if venv else None
     verb = ["stop", "--kill"] if action == "kill" else [action]
+    if action == "start":  # the role's log rotation, as `broker start` in the role passes it
+        for flag, key in (
+            ("--log-max-size", "broker_process_log_max_size"),
+            ("--log-keep", "broker_process_log_keep"),
+        ):
+            if broker.vars.get(key) is not None:
+                verb += [flag, str(broker.vars[key])]
     if local and (program is None or not os.path.exists(program)):
         return [sys.executable, "-m", "broker", *verb, "--config", config]
     return [program or "broker", *verb, "--config", config]

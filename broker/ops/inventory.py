@@ -55,6 +55,8 @@ ROLE_DEFAULT_KEYS = (
     "broker_venv_dir",
     "broker_data_dir",
     "broker_service_name",
+    "broker_process_log_max_size",
+    "broker_process_log_keep",
 )
 # Ansible's magic variables that are not a host's own (and are big): not in Broker.vars
 SKIPPED_VARS = frozenset({"groups", "hostvars", "ansible_facts", "vars", "omit", "environment"})

@@ -184,3 +184,20 @@ def test_the_wrapped_command_keeps_its_exit_code_and_runs_as_the_become_user():
     assert sh(remote_command("id -un", BECOME).line).stdout == "root\n"
     nobody = sh(remote_command("id -un", {**BECOME, "ansible_become_user": "nobody"}).line)
     assert nobody.stdout == "nobody\n", nobody.stderr
+
+
+def test_broker_start_passes_the_roles_log_rotation():
+    """`broker start` from the ops library rotates its log as the role's start does."""
+    from broker.ops.control import _broker_command
+
+    b = broker(
+        broker_config_file="/etc/broker/broker.yaml",
+        broker_venv_dir="/opt/broker/venv",
+        broker_process_log_max_size="16MB",
+        broker_process_log_keep=3,
+    )
+    argv = _broker_command(b, "start", local=False)
+    assert argv[:2] == ["/opt/broker/venv/bin/broker", "start"]
+    assert argv[argv.index("--log-max-size") + 1] == "16MB"
+    assert argv[argv.index("--log-keep") + 1] == "3"
+    assert "--log-keep" not in _broker_command(b, "stop", local=False)
