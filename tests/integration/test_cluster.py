@@ -208,17 +208,22 @@ def test_bad_config_exits_2_with_one_line(tmp_path):
     assert len(lines) == 1 and "cluster.nodeId" in lines[0] and "9" in lines[0]
 
 
+def broker_cli(config: str, *args: str) -> subprocess.CompletedProcess:
+    """``broker ARGS --config CONFIG`` as an operator types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "broker", *args, "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+
+
 def test_daemon_start_status_stop_are_idempotent(cluster):
     c = cluster(size=1, partitions=1, replication_factor=1)
     cfg = c.config_path(0)
 
     def broker(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "broker", *args, "--config", cfg],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        return broker_cli(cfg, *args)
 
     assert broker("status").returncode == 3  # not running
     started = broker("start")
@@ -243,12 +248,7 @@ def test_daemon_log_rotates_by_size_and_keeps_the_configured_count(cluster):
     cfg, data = c.config_path(0), c.data_dir(0)
 
     def broker(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "broker", *args, "--config", cfg],
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        return broker_cli(cfg, *args)
 
     bad = broker("start", "--log-max-size", "12 parsecs")
     assert bad.returncode == 2 and "--log-max-size" in bad.stderr
