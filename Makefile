@@ -6,7 +6,7 @@ SEEDS  ?= 1000
 # CI runs the full simulator campaign; a developer can lower it: make test SIM_SEEDS=500
 SIM_SEEDS ?= 10000
 
-.PHONY: setup system-packages demo test lint sim bench clean
+.PHONY: setup system-packages demo test test-long lint sim bench clean
 
 # Debian packages the lab tests need (network namespaces with sshd, nftables).
 SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping systemd-container sudo
@@ -47,6 +47,14 @@ lint: setup
 test: setup lint
 	$(PY) -m pytest -n 2 --dist loadgroup -q tests
 	$(PY) -m tests.sim.run --seeds $(SIM_SEEDS) --jobs 2
+
+# The lab tests that take minutes each (as root): the role converged on systemd lab hosts as
+# deploy with become, the molecule systemd scenario, fab stop/start-region, rolling restart and
+# the drill on systemd hosts. make test runs a bounded slice of each.
+test-long: setup
+	BROKER_LONG_TESTS=1 $(PY) -m pytest -q -p no:xdist \
+	  tests/lab/test_lab_systemd.py tests/lab/test_lab_ops_systemd.py \
+	  "tests/ansible/test_molecule.py::test_molecule_scenario_passes[systemd]"
 
 sim: setup
 	$(PY) -m tests.sim.run --seeds $(SEEDS) --jobs 2

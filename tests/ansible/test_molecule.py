@@ -9,7 +9,7 @@ SSH, converge, idempotence, verify with testinfra, destroy.
 - systemd: 4 lab hosts that boot systemd (`lab up --init systemd`), logged into as deploy
   with become, one broker each as the role's hardened unit; testinfra checks the unit is
   active, enabled, sandboxed (systemd-analyze security) and its ports listen. It takes
-  minutes on a busy machine: the whole scenario runs with BROKER_LAB_SYSTEMD_FULL=1, and
+  minutes on a busy machine: the whole scenario runs with BROKER_LONG_TESTS=1, and
   `molecule syntax -s systemd` always.
 
 Each run gets its own molecule ephemeral directory (MOLECULE_EPHEMERAL_DIRECTORY), which
@@ -87,14 +87,14 @@ def summary_counts(output: str) -> dict[str, int]:
     return {word: int(n) for n, word in re.findall(r"(\d+) (\w+)", found[0])}
 
 
-SYSTEMD_FULL = os.environ.get("BROKER_LAB_SYSTEMD_FULL") == "1"
+SYSTEMD_FULL = os.environ.get("BROKER_LONG_TESTS") == "1"
 
 
 def skip_unless_systemd_runs(scenario: str) -> None:
     if scenario != "systemd":
         return
     if not SYSTEMD_FULL:
-        pytest.skip("molecule test -s systemd takes minutes: BROKER_LAB_SYSTEMD_FULL=1")
+        pytest.skip("molecule test -s systemd takes minutes: BROKER_LONG_TESTS=1")
     if reason := systemd.unavailable_reason():
         print(f"systemd lab hosts unavailable: {reason}")
         pytest.skip(reason)

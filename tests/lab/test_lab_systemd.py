@@ -5,7 +5,7 @@ down. The lab tests (boot, identity, login as deploy with sudo, the inventory, r
 hard kill and boot again, teardown after a crash) always run. The role's lifecycle on those
 hosts over SSH as deploy with become (deploy, unchanged re-run, restart.yml, kill -9 of the
 broker and systemd's restart, systemd-analyze security, remove.yml) takes minutes on a busy
-machine: it runs with ``BROKER_LAB_SYSTEMD_FULL=1``.
+machine: it runs with ``BROKER_LONG_TESTS=1``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if REASON:
 # the lab is machine-wide: with `pytest -n --dist loadgroup` all of it runs on one worker
 pytestmark = pytest.mark.xdist_group("brk-lab")
 
-FULL = os.environ.get("BROKER_LAB_SYSTEMD_FULL") == "1"
+FULL = os.environ.get("BROKER_LONG_TESTS") == "1"
 VENV_BIN = Path(sys.executable).parent
 FAKE_UNIT = "brk-fake-broker"
 FAKE_UNIT_FILE = f"/run/systemd/system/{FAKE_UNIT}.service"
@@ -269,12 +269,12 @@ def test_hard_kill_takes_the_hosts_down_and_up_boots_them_again(systemd_lab):
         assert (boot_id != old_boot_id) == (h.region == "region1"), h.name
 
 
-# --- the role on systemd hosts (BROKER_LAB_SYSTEMD_FULL=1) ------------------------------------
+# --- the role on systemd hosts (BROKER_LONG_TESTS=1) ------------------------------------
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-@pytest.mark.skipif(not FULL, reason="the role on systemd hosts: BROKER_LAB_SYSTEMD_FULL=1")
+@pytest.mark.skipif(not FULL, reason="the role on systemd hosts: BROKER_LONG_TESTS=1")
 def test_role_on_systemd_hosts_deploy_rerun_restart_kill9_security_remove(
     systemd_lab, broker_sources, tmp_path, capsys
 ):
