@@ -63,6 +63,9 @@ def render(inventory, out, *extra: str):
         f"render_dir={out}",
         "-e",
         "ansible_become=false",
+        # the example's token is vault-encrypted; this is its test-only password
+        "--vault-password-file",
+        str(ROOT / "tests" / "data" / "example-vault-password.test-only.txt"),
         *extra,
     )
     assert result.returncode == 0, str(result)
