@@ -363,6 +363,25 @@ def rolling_restart(c, region=None, yes=False, dry_run=False, inventory=None):
     _exit_unless_completed(record)
 
 
+def _region_procedure(name: str, run, region: str, yes: bool, dry_run: bool, inventory):
+    """Stop or start a region's brokers (``run``), with the audit record every mutating
+    task writes."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    results = run(
+        cluster,
+        _region(cluster, region),
+        control=InventoryControl(),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(region),
+        progress=ConsoleProgress(console),
+    )
+    total = len(cluster.in_region(region))
+    options = {"dryRun": dry_run, "yes": yes}
+    _exit_unless_completed(_finish(name, region, results, total, started, options, cluster))
+
+
 @task(
     auto_shortflags=False,
     help={
@@ -374,22 +393,7 @@ def rolling_restart(c, region=None, yes=False, dry_run=False, inventory=None):
 )
 def stop_region(c, region, yes=False, dry_run=False, inventory=None):
     """Stop every broker of a region (broker stop, or systemctl over SSH)."""
-    cluster = _cluster(inventory)
-    started = datetime.now(UTC)
-    results = run_stop_region(
-        cluster,
-        _region(cluster, region),
-        control=InventoryControl(),
-        dry_run=dry_run,
-        yes=yes,
-        confirm=_typed_confirmation(region),
-        progress=ConsoleProgress(console),
-    )
-    total = len(cluster.in_region(region))
-    options = {"dryRun": dry_run, "yes": yes}
-    _exit_unless_completed(
-        _finish("stop-region", region, results, total, started, options, cluster)
-    )
+    _region_procedure("stop-region", run_stop_region, region, yes, dry_run, inventory)
 
 
 @task(
@@ -403,22 +407,7 @@ def stop_region(c, region, yes=False, dry_run=False, inventory=None):
 )
 def start_region(c, region, yes=False, dry_run=False, inventory=None):
     """Start every broker of a region (broker start, or systemctl over SSH)."""
-    cluster = _cluster(inventory)
-    started = datetime.now(UTC)
-    results = run_start_region(
-        cluster,
-        _region(cluster, region),
-        control=InventoryControl(),
-        dry_run=dry_run,
-        yes=yes,
-        confirm=_typed_confirmation(region),
-        progress=ConsoleProgress(console),
-    )
-    total = len(cluster.in_region(region))
-    options = {"dryRun": dry_run, "yes": yes}
-    _exit_unless_completed(
-        _finish("start-region", region, results, total, started, options, cluster)
-    )
+    _region_procedure("start-region", run_start_region, region, yes, dry_run, inventory)
 
 
 @task(
