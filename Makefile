@@ -2,9 +2,9 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-SEEDS  ?= 1000
-# CI runs the full simulator campaign; a developer can lower it: make test SIM_SEEDS=500
-SIM_SEEDS ?= 10000
+# make sim runs the full simulator campaign; make test runs a bounded slice of it
+SEEDS  ?= 10000
+SIM_SEEDS ?= 2000
 
 .PHONY: setup system-packages demo test test-long lint sim bench clean
 

@@ -383,8 +383,8 @@ def test_role_on_systemd_hosts_deploy_rerun_restart_kill9_security_remove(
 
 def test_down_cleans_up_a_crashed_systemd_lab_without_its_state(systemd_lab, tmp_path):
     lab = systemd_lab
-    pids = systemd.cgroup_pids()
-    assert pids and systemd.overlay_mounts() and systemd.cgroup_dirs()
+    procs = {p: _start_time(p) for p in systemd.cgroup_pids()}
+    assert procs and systemd.overlay_mounts() and systemd.cgroup_dirs()
     stray = lab.spawn(lab.hosts[0], ["sleep", "600"])  # a process left inside a host
     lab.cut("region1")
     try:
@@ -397,13 +397,28 @@ def test_down_cleans_up_a_crashed_systemd_lab_without_its_state(systemd_lab, tmp
             stray.wait()
     assert systemd.cgroup_dirs() == []
     assert systemd.overlay_mounts() == []
-    assert not [p for p in pids if Path(f"/proc/{p}").exists() and _not_zombie(p)]
+    # the same pid and start time: the same process (pids are reused in a busy full suite)
+    survivors = [p for p, t in procs.items() if _start_time(p) == t and _not_zombie(p)]
+    assert not survivors, [_cmdline(p) for p in survivors]
     assert not list(systemd.PROPAGATE.glob("brk-*")) if systemd.PROPAGATE.is_dir() else True
     assert network.netns_list() == [] and network.links() == []
     assert "brk" not in Path("/proc/self/mountinfo").read_text()
     assert (lab.host_dir(lab.hosts[0]) / "upper" / "etc" / "machine-id").is_file(), "data kept"
     lab.down(purge=True)
     assert not lab.dir.exists() and not lab.inventory.exists()
+
+
+def _start_time(pid: int) -> int | None:
+    """Clock ticks after boot when the process started (field 22 of /proc/PID/stat)."""
+    with contextlib.suppress(OSError):
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    return None
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    return "?"
 
 
 def _not_zombie(pid: int) -> bool:
