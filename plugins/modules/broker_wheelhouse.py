@@ -6,6 +6,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import io
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,10 @@ description:
     its checksum says whether anything changed.
   - With O(build=false) nothing is built or fetched; the module uses the newest
     wheel of O(package) already in O(dest) and the wheels there.
+  - A stamp file in O(dest) records what the last build was made from (a digest of
+    the sources, the interpreter and the options) and what it produced; when all of
+    it still holds and every file it names is unchanged, pip is not run at all, which
+    keeps an unchanged re-run of the playbook fast.
 version_added: "0.1.0"
 options:
   project_dir:
@@ -151,6 +156,59 @@ def _wheels_of(dest, package):
 def _version_key(wheel):
     version = wheel.split("-")[1]
     return [int(part) if part.isdigit() else -1 for part in re.split(r"[.+]", version)]
+
+
+STAMP = ".broker-wheelhouse.json"
+_IGNORED = ("__pycache__", ".egg-info", ".pyc")
+
+
+def _source_digest(params, python):
+    """What a build depends on: every source file (path and content), the interpreter
+    and the options. Equal digests give byte-identical wheels (SOURCE_DATE_EPOCH)."""
+    digest = hashlib.sha256()
+    for key in ("package", "source_date_epoch"):
+        digest.update(f"{key}={params[key]}\0".encode())
+    real = os.path.realpath(shutil.which(python) or python)
+    digest.update(
+        f"python={real}:{os.path.getmtime(real) if os.path.exists(real) else 0}\0".encode()
+    )
+    for name in params["sources"]:
+        path = os.path.join(params["project_dir"], name)
+        files = [path] if os.path.isfile(path) else []
+        for root, dirs, names in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if not d.endswith(_IGNORED))
+            files += [os.path.join(root, n) for n in sorted(names) if not n.endswith(_IGNORED)]
+        if not files:
+            return None  # a missing source: let the build report it
+        for f in files:
+            digest.update(os.path.relpath(f, params["project_dir"]).encode() + b"\0")
+            digest.update(_sha256(f).encode())
+    return digest.hexdigest()
+
+
+def _read_stamp(dest, digest, archive):
+    """The recorded result when the sources are unchanged and every file it lists is
+    still there with the recorded content; None means build."""
+    try:
+        with open(os.path.join(dest, STAMP)) as f:
+            stamp = json.load(f)
+        if stamp["digest"] != digest or stamp["archive"] != archive:
+            return None
+        for name, sha in stamp["files"].items():
+            if _sha256(os.path.join(dest, name)) != sha:
+                return None
+        if _sha256(archive) != stamp["archive_sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return stamp
+
+
+def _write_stamp(dest, digest, wheel, members, archive):
+    files = {name: _sha256(os.path.join(dest, name)) for name in members}
+    stamp = {"digest": digest, "wheel": wheel, "members": members, "files": files,
+             "archive": archive, "archive_sha256": _sha256(archive)}  # fmt: skip
+    _put(None, json.dumps(stamp, indent=1, sort_keys=True).encode(), os.path.join(dest, STAMP))
 
 
 def _pip(python, args, env=None):
@@ -291,8 +349,13 @@ def main():
     python = params["python"] or sys.executable
     added = []
     work = tempfile.mkdtemp(prefix="broker-wheelhouse-")
+    digest = _source_digest(params, python) if params["build"] and params["project_dir"] else None
+    stamp = _read_stamp(dest, digest, archive) if digest else None
     try:
-        if params["build"]:
+        if stamp:  # nothing changed since the last build: no pip at all
+            wheel, members = stamp["wheel"], stamp["members"]
+            pip_wheels = [name for name in members if _project_of(name) == "pip"]
+        elif params["build"]:
             os.makedirs(dest, exist_ok=True)
             wheel, added = build(module, params, dest, work)
         else:
@@ -300,11 +363,15 @@ def main():
             if not found:
                 module.fail_json(msg=f"no {params['package']} wheel in {dest} (and build=false)")
             wheel = max(found, key=_version_key)
-        members, more = _resolve(module, python, dest, [os.path.join(dest, wheel), "pip"], work)
-        added += more
-        pip_wheels = [name for name in members if _project_of(name) == "pip"]
-        if _archive(members, dest, archive, params["source_date_epoch"]):
-            added.append(os.path.basename(archive))
+        if not stamp:
+            requirements = [os.path.join(dest, wheel), "pip"]
+            members, more = _resolve(module, python, dest, requirements, work)
+            added += more
+            pip_wheels = [name for name in members if _project_of(name) == "pip"]
+            if _archive(members, dest, archive, params["source_date_epoch"]):
+                added.append(os.path.basename(archive))
+            if digest:
+                _write_stamp(dest, digest, wheel, members, archive)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     path = os.path.join(dest, wheel)
