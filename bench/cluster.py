@@ -24,7 +24,7 @@ import time
 
 from bench import pysyncobj_peer
 from broker.client import BrokerClient, BrokerError
-from broker.localcluster import LocalCluster
+from broker.demo.localcluster import LocalCluster
 
 ROUNDS = 3
 DURATION = 5.0

@@ -17,7 +17,7 @@ import time
 import urllib.request
 
 from broker.client import BrokerClient, BrokerError
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 
 ROUNDS = 5
 ROOT = os.path.join("var", "bench-tmp")

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from broker.daemon import pid_alive
-from broker.localcluster import free_ports
+from broker.demo.localcluster import free_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"

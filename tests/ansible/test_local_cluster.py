@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from broker.client import BrokerClient
-from broker.localcluster import wait_for
+from broker.demo.localcluster import wait_for
 from tests.integration.test_cluster import assert_all_readable, write
 from tests.integration.test_exporters import complete_in_order
 from tests.ops.conftest import sink_records

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from broker.client import BrokerClient
-from broker.localcluster import wait_for
+from broker.demo.localcluster import wait_for
 from broker.ops.view import replica_sets
 from broker.placement import check_runtime
 from tests.integration.test_cluster import assert_all_readable

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker.localcluster import wait_for
+from broker.demo.localcluster import wait_for
 
 from .conftest import (
     ROOT,

@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from broker.client import BrokerClient, Unavailable
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 
 FAST = {
     "cluster": {

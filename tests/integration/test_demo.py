@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.demo_cluster import broker_config_of, pid_alive
+from broker.demo.cluster import broker_config_of, pid_alive
 
 pytestmark = pytest.mark.slow
 

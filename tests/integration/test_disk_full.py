@@ -25,7 +25,7 @@ import time
 import pytest
 
 from broker.client import BrokerClient, BrokerError, ResourceExhausted
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 from tests.integration.test_cluster import FAST, assert_all_readable
 
 MB = 1024 * 1024

@@ -10,7 +10,7 @@ import shutil
 import pytest
 
 from broker.client import BrokerClient
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 from tests.integration.test_cluster import FAST, write
 from tests.integration.test_failover_api import cluster_doc, completed, everywhere, http
 

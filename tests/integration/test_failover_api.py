@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from broker.client import BrokerClient, Unavailable
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 from tests.integration.test_cluster import FAST, assert_all_readable, write
 
 

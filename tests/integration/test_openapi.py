@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from broker import management
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 from broker.topology import api
 from tests.integration.test_cluster import FAST
 from tests.unit.test_ctl import closed_port

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from broker.localcluster import LocalCluster, wait_for
+from broker.demo.localcluster import LocalCluster, wait_for
 from broker.ops import Broker, Cluster, load_inventory
 from tests.integration.test_cluster import FAST
 

@@ -18,7 +18,7 @@ import pytest
 from rich.console import Console
 
 from broker.client import BrokerClient
-from broker.localcluster import wait_for
+from broker.demo.localcluster import wait_for
 from broker.ops import ManagementApi, load_inventory, run_failback, run_failover
 from broker.ops import failover as failover_module
 from broker.ops.failover import failover_seconds, force_remove

@@ -25,7 +25,7 @@ import yaml
 import broker
 from broker import config as config_mod
 from broker.config import BrokerConfig, ConfigError, _schema
-from broker.localcluster import free_ports
+from broker.demo.localcluster import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "configuration.md"

@@ -20,7 +20,7 @@ import time
 from rich.console import Console
 
 from broker.client import BrokerClient, BrokerError
-from broker.localcluster import LocalCluster
+from broker.demo.localcluster import LocalCluster
 
 console = Console()
 

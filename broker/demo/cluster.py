@@ -24,11 +24,11 @@ from pathlib import Path
 import yaml
 
 from broker.daemon import pid_alive
-from broker.localcluster import free_ports
+from broker.demo.localcluster import free_ports
 from broker.ops import Broker, Cluster, load_inventory
 from broker.ops.view import answering_ports
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 LOCAL_INVENTORY = PROJECT / "inventories" / "local"
 STOP_TIMEOUT = 30.0
 

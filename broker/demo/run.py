@@ -41,7 +41,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from broker.client import BrokerError
-from broker.demo_cluster import DemoCluster, DemoError
+from broker.demo.cluster import DemoCluster, DemoError
 from broker.ops import (
     InventoryControl,
     InventoryError,
@@ -561,9 +561,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.quick:
-        from broker import demo_quick
+        from broker.demo import quick
 
-        return demo_quick.main(args.rest + (["--keep"] if args.keep else []))
+        return quick.main(args.rest + (["--keep"] if args.keep else []))
     console = make_console()
 
     def terminated(signum, frame):
