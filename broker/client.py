@@ -106,6 +106,16 @@ class FailedPrecondition(BrokerError):
         self.current = current
 
 
+class OutOfRange(BrokerError):
+    """The records asked for were compacted; ``first`` is the first one still kept."""
+
+    code = "OUT_OF_RANGE"
+
+    def __init__(self, message: str, first: int | None = None):
+        super().__init__(message)
+        self.first = first
+
+
 _ERRORS: dict[str, type[BrokerError]] = {
     cls.code: cls
     for cls in (
@@ -115,6 +125,7 @@ _ERRORS: dict[str, type[BrokerError]] = {
         InvalidArgument,
         NotFound,
         FailedPrecondition,
+        OutOfRange,
     )
 }
 
@@ -125,6 +136,8 @@ def error_from_response(body: dict) -> BrokerError:
     message = str(body.get("message", ""))
     if code == FailedPrecondition.code:
         return FailedPrecondition(message, body.get("current"))
+    if code == OutOfRange.code:
+        return OutOfRange(message, body.get("first"))
     cls = _ERRORS.get(code)
     return cls(message) if cls else BrokerError(message, code)
 

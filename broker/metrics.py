@@ -123,6 +123,31 @@ class BrokerMetrics:
             ["partition", "kind"],
             registry=r,
         )
+        self.log_first_position = Gauge(
+            "broker_log_first_position",
+            "The first record position this replica can still read (compaction deletes "
+            "the records below it).",
+            ["partition"],
+            registry=r,
+        )
+        self.log_last_position = Gauge(
+            "broker_log_last_position",
+            "The last record position this replica has applied.",
+            ["partition"],
+            registry=r,
+        )
+        self.log_segments = Gauge(
+            "broker_log_segments",
+            "Journal segment files this replica keeps.",
+            ["partition"],
+            registry=r,
+        )
+        self.log_bytes = Gauge(
+            "broker_log_bytes",
+            "Bytes of journal segments this replica keeps on disk.",
+            ["partition"],
+            registry=r,
+        )
         self.bad_frames = Counter(
             "broker_transport_bad_frames_total",
             "Malformed or oversized frames that closed a connection.",

@@ -19,10 +19,13 @@ import zlib
 
 import msgpack
 
-APPEND, READ, PUT, GET, CAS, DELETE = "append", "read", "put", "get", "cas", "delete"
+from broker.records import APPEND, OutOfRange, RecordLog, is_append
+
+READ, PUT, GET, CAS, DELETE = "read", "put", "get", "cas", "delete"
 # exporter positions, replicated so that a new leader continues without gaps
 EXPORTED, EXPORT_INIT = "exported", "export_init"
 MAX_READ_BYTES = 2 * 1024 * 1024  # keeps a read response well under the frame limit
+SNAPSHOT_VERSION = 2  # 1 also held every record; 2 holds only the state
 
 
 def key_partition(key: str, partitions_count: int) -> int:
@@ -39,28 +42,34 @@ def _bad(exc: Exception) -> dict:
 
 
 class PartitionState:
-    """Records (positions 1, 2, ...) and keys; deterministic apply, snapshot, restore."""
+    """Keys, exporter positions and the record log's counters; deterministic apply,
+    snapshot, restore. The records themselves are read from the journal."""
 
-    def __init__(self, partition_id: int):
+    def __init__(self, partition_id: int, records: RecordLog | None = None):
         self.partition_id = partition_id
-        self.records: list[bytes] = []  # records[p - 1] is the record at position p
+        self.records = records if records is not None else RecordLog()
         self.kv: dict[str, bytes] = {}
         self.exported: dict[str, int] = {}  # exporter id -> last acknowledged position
         self.applied_index = 0
 
     @property
     def last_position(self) -> int:
-        return len(self.records)
+        return self.records.last_position
 
     def apply(self, index: int, batch: bytes) -> list[dict]:
         """Apply the batch of commands committed at ``index``; one result each."""
         self.applied_index = index
+        pid = self.partition_id
         unpacker = msgpack.Unpacker(raw=False)
         unpacker.feed(batch)
         results = []
         try:
             for command in unpacker:
-                results.append(self._apply_one(command))
+                if is_append(command):  # the rule records.appends reads back
+                    position = self.records.add(index, command[1])
+                    results.append({"ok": True, "partition": pid, "position": position})
+                else:
+                    results.append(self._apply_one(command))
         except (ValueError, msgpack.UnpackException) as exc:
             # A corrupt tail: every replica stops at the same place.
             results.append(_bad(exc))
@@ -68,6 +77,8 @@ class PartitionState:
 
     def _apply_one(self, command) -> dict:
         try:
+            if type(command) is not list:
+                raise TypeError(f"a command is a list, not {type(command).__name__}")
             op, *args = command
             return self._OPS[op](self, *args)
         except (ValueError, KeyError, TypeError) as exc:
@@ -75,21 +86,28 @@ class PartitionState:
             # a corrupt entry: every replica answers the same and moves on.
             return _bad(exc)
 
-    def _append(self, data: bytes) -> dict:
-        self.records.append(data)
-        return {"ok": True, "partition": self.partition_id, "position": len(self.records)}
+    def _append(self, *args) -> dict:
+        raise TypeError(f"append takes one record, got {len(args)} arguments")
 
     def _read(self, start: int, max_records: int) -> dict:
         start = max(1, start)
-        out, size = [], 0
-        for pos in range(start, min(len(self.records), start + max_records - 1) + 1):
-            rec = self.records[pos - 1]
-            size += len(rec) + 16
-            if out and size > MAX_READ_BYTES:
-                break
-            out.append([pos, rec])
-        nxt = out[-1][0] + 1 if out else max(start, 1)
-        return {"ok": True, "partition": self.partition_id, "records": out, "next": nxt}
+        try:
+            out = self.records.read(start, max_records, MAX_READ_BYTES)
+        except OutOfRange as exc:
+            return {
+                "ok": False,
+                "code": "OUT_OF_RANGE",
+                "message": str(exc),
+                "partition": self.partition_id,
+                "first": exc.first,
+            }
+        nxt = out[-1][0] + 1 if out else start
+        return {
+            "ok": True,
+            "partition": self.partition_id,
+            "records": [list(r) for r in out],
+            "next": nxt,
+        }
 
     def _put(self, key: str, value: bytes) -> dict:
         self.kv[key] = value
@@ -118,7 +136,7 @@ class PartitionState:
 
     def _exported(self, exporter: str, position: int) -> dict:
         if position > self.exported.get(exporter, 0):
-            self.exported[exporter] = min(position, len(self.records))
+            self.exported[exporter] = min(position, self.last_position)
         return {"ok": True, "partition": self.partition_id, "position": self.exported[exporter]}
 
     def _export_init(self, exporter: str, source: str) -> dict:
@@ -140,11 +158,12 @@ class PartitionState:
     # --- snapshots ---------------------------------------------------------
 
     def snapshot(self) -> bytes:
+        """The state only: its size depends on the keys, not on the log."""
         return msgpack.packb(
             {
-                "v": 1,
+                "v": SNAPSHOT_VERSION,
                 "applied": self.applied_index,
-                "records": self.records,
+                "last_position": self.last_position,
                 "kv": self.kv,
                 "exported": self.exported,
             },
@@ -152,10 +171,18 @@ class PartitionState:
         )
 
     def restore(self, data: bytes) -> None:
+        """Load a snapshot; the record log then starts after it (``records.rebuild``
+        indexes what the journal still holds below it)."""
         doc = msgpack.unpackb(data, raw=False)
-        if doc.get("v") != 1:
-            raise ValueError(f"unsupported partition snapshot version {doc.get('v')!r}")
-        self.records = list(doc["records"])
+        version = doc.get("v")
+        if version not in (1, SNAPSHOT_VERSION):
+            raise ValueError(
+                f"partition snapshot version {version!r} is not one this broker reads "
+                f"(1 or {SNAPSHOT_VERSION}): written by a newer broker?"
+            )
+        # version 1 carried the records themselves; they are not kept
+        last = doc["last_position"] if version == 2 else len(doc["records"])
+        self.records.reset(last)
         self.kv = dict(doc["kv"])
         self.exported = dict(doc.get("exported", {}))
         self.applied_index = doc["applied"]

@@ -213,8 +213,19 @@ class Broker:
             snapshot_entries=cfg.data.snapshot_entries,
             snapshot_period=cfg.data.snapshot_period,
         )
+        runner.log_holders = lambda: self._exporters_holding_log(pid)
         self.runners[pid] = runner
         runner.start()
+
+    def _exporters_holding_log(self, pid: int) -> list[str]:
+        """The configured exporters enabled for this broker's replica of ``pid``: the
+        log is kept until they have acknowledged it (a disabled one holds nothing)."""
+        manager = getattr(self, "topology_manager", None)
+        me = manager.config.members.get(self.node_id) if manager else None
+        part = me.partitions.get(pid) if me else None
+        if part is None:  # not known yet: keep the log for every configured exporter
+            return list(self.cfg.exporters)
+        return [ex for ex in self.cfg.exporters if part.exporters.get(ex) == tmodel.ENABLED]
 
     def reconfigure_partition(self, pid: int, replicas: dict[int, int]) -> bool:
         """Ask the partition's leader to make ``replicas`` its voters (one change at a

@@ -15,12 +15,14 @@ import time
 
 from broker import partition as sm
 from broker.exporters import create
+from broker.records import OutOfRange
 from broker.topology.model import ENABLED
 
 log = logging.getLogger(__name__)
 
 TURN = 0.1
 BATCH = 1000
+BATCH_BYTES = 4 * 1024 * 1024
 MAX_BACKOFF = 10.0
 
 
@@ -79,17 +81,24 @@ class ExporterRunner:
         when, backoff = self._retry_at.get(key, (0.0, 0.0))
         if time.monotonic() < when:
             return
-        state = runner.state
+        state = runner.state  # read-only here: positions are ints, replaced whole
         committed = state.exported.get(ex_id, 0)
         position = max(self._position.get(key, 0), committed)
         if key not in self._position:
             position = max(position, min(exporter.last_position(pid), state.last_position))
-        records = state.records[position : position + BATCH]  # positions position+1, ...
+        if position >= state.last_position:
+            records = []
+        else:
+            try:  # from the journal, on the partition thread that owns it
+                records = runner.read_records(position + 1, BATCH, BATCH_BYTES)
+            except (OutOfRange, TimeoutError, RuntimeError, OSError, ValueError) as exc:
+                # OutOfRange cannot happen for an exporter that holds the log; a
+                # stopped partition answers later
+                log.warning("exporter %s, p%d: read at %d: %s", ex_id, pid, position + 1, exc)
+                return
         if records:
             try:
-                position = exporter.export(
-                    pid, [(position + 1 + i, data) for i, data in enumerate(records)]
-                )
+                position = exporter.export(pid, records)
             except OSError as exc:
                 backoff = min(MAX_BACKOFF, max(0.2, backoff * 2))
                 self._retry_at[key] = (time.monotonic() + backoff, backoff)

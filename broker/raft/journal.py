@@ -118,6 +118,15 @@ class Journal:
     def last_index(self) -> int:
         return self._segments[-1].next_index - 1
 
+    @property
+    def segment_count(self) -> int:
+        return len(self._segments)
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the segment files (headers and records)."""
+        return sum(seg.size for seg in self._segments)
+
     def term_at(self, index: int) -> int | None:
         if not self.first_index <= index <= self.last_index:
             return None

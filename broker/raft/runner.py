@@ -55,6 +55,7 @@ from broker.raft.journal import Journal
 from broker.raft.messages import AppendRequest, Configuration, EntryKind, InstallSnapshot
 from broker.raft.metastore import MetaStore
 from broker.raft.snapshots import SnapshotStore
+from broker.records import RecordLog
 
 log = logging.getLogger(__name__)
 
@@ -100,12 +101,17 @@ class PartitionRunner:
         segment_size: int = 64 * 1024 * 1024,
         snapshot_entries: int = 100_000,
         snapshot_period: float = 300.0,
+        snapshot_bytes: int = 32 * 1024 * 1024,
         flush_delay: float = 0.0,
         disk=None,
         clock: Callable[[], float] = time.monotonic,
     ):
         """``disk`` is the broker's DiskSpaceMonitor (None: no free-space checks);
-        ``clock`` is injectable for tests that drive ``run_once`` themselves."""
+        ``clock`` is injectable for tests that drive ``run_once`` themselves.
+
+        A snapshot is taken after ``snapshot_entries`` entries, ``snapshot_bytes`` of
+        entries or ``snapshot_period`` seconds, whichever comes first; it is the
+        state only, so it bounds the log the core keeps in memory."""
         self.partition_id = partition_id
         self.node_id = node_id
         self.directory = directory
@@ -114,6 +120,9 @@ class PartitionRunner:
         self.metrics = metrics
         self.snapshot_entries = snapshot_entries
         self.snapshot_period = snapshot_period
+        self.snapshot_bytes = snapshot_bytes
+        # Which exporters hold the log (enabled for this partition): the server sets it.
+        self.log_holders: Callable[[], list[str]] = list
         self.flush_delay = flush_delay
         self.disk = disk
         self._clock = clock
@@ -122,7 +131,7 @@ class PartitionRunner:
         self._flush = flush
         self._segment_size = segment_size
         self._label = str(partition_id)
-        self.state = PartitionState(partition_id)
+        self.state = self._new_state()
         self.journal: Journal | None = None
         self.node: RaftNode | None = None
         os.makedirs(directory, exist_ok=True)
@@ -157,6 +166,10 @@ class PartitionRunner:
         )
         self._last_role = Role.FOLLOWER
         self._last_snapshot_time = self._clock()
+        self._bytes_since_snapshot = 0
+        # (index, last position, state) taken, waiting until every exporter that
+        # holds the log has acknowledged the records up to it (Zeebe's rule)
+        self._pending_snapshot: tuple[int, int, bytes] | None = None
         self._next_tick = self._clock() + tick_interval
         self._last_healthy: bool | None = None
         self.status: dict = {"partition": partition_id}  # a copy for other threads
@@ -178,9 +191,10 @@ class PartitionRunner:
             self.journal = journal
             snapshot = self.snapshots.latest()
             entries = self._entries_after(snapshot[0].index if snapshot else 0)
-            state = PartitionState(pid)
+            state = self._new_state()
             if snapshot:
                 state.restore(snapshot[1])
+                self._index_retained(state, snapshot[0])
             node = RaftNode(
                 self.node_id,
                 self._bootstrap,
@@ -193,6 +207,42 @@ class PartitionRunner:
             journal.close()
             raise
         self.state, self.node = state, node
+
+    def _new_state(self) -> PartitionState:
+        # the record log reads the journal this runner has open (reopened on a rebuild)
+        return PartitionState(
+            self.partition_id, RecordLog(lambda lo, hi: self.journal.read(lo, hi))
+        )
+
+    def _index_retained(self, state: PartitionState, meta) -> None:
+        """Index the records the journal still holds below the snapshot (compaction
+        deletes whole segments only), so they stay readable after a restart."""
+        j = self.journal
+        if not j.first_index <= meta.index <= j.last_index or j.term_at(meta.index) != meta.term:
+            return  # nothing of it here: the record log starts after the snapshot
+
+        def below():
+            lo = j.first_index
+            while lo <= meta.index:
+                batch = j.read(lo, min(lo + 256, meta.index + 1))
+                yield from batch
+                lo += len(batch)
+
+        if not state.records.rebuild(below(), state.last_position):
+            log.warning(
+                "partition %d: the journal below snapshot %d does not match it; "
+                "records up to position %d are not readable here",
+                self.partition_id,
+                meta.index,
+                state.last_position,
+            )
+
+    def read_records(self, start: int, max_records: int, max_bytes: int, timeout: float = 5.0):
+        """Records from ``start`` on, read on the partition thread (which owns the
+        journal); raises records.OutOfRange below the first retained position."""
+        return self.call(
+            lambda _node: self.state.records.read(start, max_records, max_bytes)
+        ).result(timeout)
 
     def _entries_after(self, snapshot_index: int):
         j = self.journal
@@ -313,6 +363,7 @@ class PartitionRunner:
             if self._next_tick < now:  # we fell far behind (paused): do not burst ticks
                 self._next_tick = now + self.tick_interval
             self._maybe_snapshot()
+            self._update_log_metrics()
         if self._flush_due is not None and now >= self._flush_due:
             self._flush_held()
         self._process_ready()
@@ -471,18 +522,24 @@ class PartitionRunner:
             self.node.persisted(*persist)
 
     def _store_snapshot(self, meta, data: bytes) -> None:
+        """Keep the snapshot, then delete the journal segments it covers. The
+        snapshot is never past what an enabled exporter still needs (see
+        ``_maybe_snapshot``), so this is Zeebe's rule: below min(snapshot position,
+        lowest exporter position)."""
         self.snapshots.save(meta, data)
         j = self.journal
         if j.term_at(meta.index) == meta.term:
             j.compact(meta.index)
         else:
             j.reset(meta.index + 1)
+        self.state.records.trim(j.first_index)
 
     def _apply(self, entries) -> None:
         state, pending, now = self.state, self._pending, time.perf_counter()
         applied = 0
         latency = self.metrics.commit_latency.labels(self._label) if self.metrics else None
         for e in entries:
+            self._bytes_since_snapshot += len(e.data)
             if e.kind is EntryKind.NORMAL:
                 results = state.apply(e.index, e.data)
                 applied += len(results)
@@ -506,20 +563,38 @@ class PartitionRunner:
             self.metrics.records_committed.labels(self._label).inc(applied)
 
     def _maybe_snapshot(self) -> None:
-        node = self.node
-        behind = self.state.applied_index - node.log.snapshot_index
-        if behind <= 0:
+        """Take the state when a snapshot is due; use it once every exporter that
+        holds the log has acknowledged the records it covers. Until then the log
+        below it is kept, in the journal and in the core (a follower that needs a
+        snapshot then misses only records every exporter already has)."""
+        node, state = self.node, self.state
+        if self._pending_snapshot is None:
+            behind = state.applied_index - node.log.snapshot_index
+            if behind <= 0:
+                return
+            due = self._clock() - self._last_snapshot_time >= self.snapshot_period
+            big = self._bytes_since_snapshot >= self.snapshot_bytes
+            if behind < self.snapshot_entries and not due and not big:
+                return
+            if self.disk is not None and not self.disk.replication_ok:
+                return  # a snapshot writes a file: not now
+            self._pending_snapshot = (state.applied_index, state.last_position, state.snapshot())
+            self._bytes_since_snapshot = 0
+            self._last_snapshot_time = self._clock()
+        index, position, data = self._pending_snapshot
+        if index <= node.log.snapshot_index:  # a newer snapshot was installed meanwhile
+            self._pending_snapshot = None
             return
-        due = self._clock() - self._last_snapshot_time >= self.snapshot_period
-        if behind < self.snapshot_entries and not due:
-            return
+        holders = self.log_holders()
+        if holders and min(state.exported.get(ex, 0) for ex in holders) < position:
+            return  # an exporter still needs records it covers
         if self.disk is not None and not self.disk.replication_ok:
-            return  # a snapshot is a whole copy of the state: not now
+            return
         if self._held_persist is not None:
             self._flush_held()  # compaction flushes the journal; release what waited
-        meta = node.compact(self.state.applied_index, self.state.snapshot())
-        self._store_snapshot(meta, node.snapshot[1])
-        self._last_snapshot_time = self._clock()
+        self._pending_snapshot = None
+        meta = node.compact(index, data)
+        self._store_snapshot(meta, data)
 
     # --- errors: stop, answer, rebuild from disk ------------------------------
 
@@ -571,6 +646,7 @@ class PartitionRunner:
         try:
             self._sync_from_disk()
             self._open()
+            self._pending_snapshot = None  # taken from the state that was dropped
         except Exception as exc:
             self._backoff = min(RESTART_BACKOFF_MAX, max(RESTART_BACKOFF_MIN, self._backoff * 2))
             self._restart_at = self._clock() + self._backoff
@@ -673,6 +749,7 @@ class PartitionRunner:
             "snapshotIndex": node.log.snapshot_index,
             "appliedIndex": self.state.applied_index,
             "lastPosition": self.state.last_position,
+            "firstPosition": self.state.records.first_position,
             "exported": dict(self.state.exported),
             "health": "healthy" if reason is None else "unhealthy",
             "restarts": self.restarts,
@@ -680,6 +757,14 @@ class PartitionRunner:
         if reason is not None:
             self.status["unhealthyReason"] = reason
         self._set_healthy(reason is None)
+
+    def _update_log_metrics(self) -> None:
+        if self.metrics:
+            m, label, j = self.metrics, self._label, self.journal
+            m.log_first_position.labels(label).set(self.state.records.first_position)
+            m.log_last_position.labels(label).set(self.state.last_position)
+            m.log_segments.labels(label).set(j.segment_count)
+            m.log_bytes.labels(label).set(j.size_bytes)
 
     def _set_healthy(self, healthy: bool) -> None:
         if healthy is not self._last_healthy:

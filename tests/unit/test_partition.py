@@ -81,10 +81,33 @@ def test_a_corrupt_command_is_answered_not_raised(command):
 def test_snapshot_restore_round_trip():
     s = PartitionState(4)
     apply_all(s, sm.encode(sm.APPEND, b"a"), sm.encode(sm.PUT, "k", b"v"))
+    snapshot = s.snapshot()
+    assert b"a" not in msgpack.unpackb(snapshot)["kv"].values()  # the state, not the log
     t = PartitionState(4)
-    t.restore(s.snapshot())
-    assert (t.records, t.kv, t.applied_index) == ([b"a"], {"k": b"v"}, 2)
+    t.restore(snapshot)
+    assert (t.last_position, t.kv, t.applied_index) == (1, {"k": b"v"}, 2)
     assert t.apply(3, sm.encode(sm.APPEND, b"b"))[0]["position"] == 2
+    # the record below the snapshot is not here (its journal entries are not)
+    [below] = t.apply(4, sm.encode(sm.READ, 1, 10))
+    assert below["code"] == "OUT_OF_RANGE" and below["first"] == 2
+    assert "records below position 2 were compacted" in below["message"]
+    [after] = t.apply(5, sm.encode(sm.READ, 2, 10))
+    assert after["records"] == [[2, b"b"]]
+
+
+def test_a_snapshot_is_as_big_as_the_state_not_the_log():
+    s = PartitionState(1)
+    apply_all(s, *(sm.encode(sm.APPEND, b"x" * 10_000) for _ in range(100)))
+    assert len(s.snapshot()) < 200 and s.last_position == 100
+
+
+def test_a_version_1_snapshot_still_restores_its_state():
+    v1 = msgpack.packb(
+        {"v": 1, "applied": 9, "records": [b"a", b"b"], "kv": {"k": b"v"}, "exported": {"e": 1}}
+    )
+    t = PartitionState(1)
+    t.restore(v1)
+    assert (t.last_position, t.kv, t.exported, t.applied_index) == (2, {"k": b"v"}, {"e": 1}, 9)
 
 
 def test_a_batch_entry_applies_every_command_in_order():
