@@ -353,11 +353,17 @@ def kill_hosts(names: list[str] | None, grace: float, timeout: float = 15.0) -> 
     tops = names if names is not None else host_names()
     start = time.monotonic()
     killed: set[int] = set()
+    seen: dict[int, str] = {}  # every process met, with its start time (pids are reused)
     termed = False
     while True:
         pids = [p for n in tops for p in cgroup_pids(n) if p != os.getpid()]
-        if not pids:
+        for pid in pids:
+            seen.setdefault(pid, _start_time(pid))
+        # a process leaves its cgroup before it has finished exiting: wait for that too
+        exiting = [p for p, t in seen.items() if p not in pids and _running(p, t)]
+        if not pids and not exiting:
             return len(killed)
+        pids += exiting
         elapsed = time.monotonic() - start
         if elapsed > timeout:
             raise LabError(f"lab hosts {', '.join(tops)}: processes survive SIGKILL: {pids}")
@@ -375,6 +381,25 @@ def kill_hosts(names: list[str] | None, grace: float, timeout: float = 15.0) -> 
                     os.kill(pid, signal.SIGKILL)
                     killed.add(pid)
         time.sleep(0.05)
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3 on), [] when it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def _start_time(pid: int) -> str:
+    fields = _stat_fields(pid)
+    return fields[19] if len(fields) > 19 else ""
+
+
+def _running(pid: int, start_time: str) -> bool:
+    """Still the same process and not yet a zombie."""
+    fields = _stat_fields(pid)
+    return len(fields) > 19 and fields[19] == start_time and fields[0] not in ("Z", "X")
 
 
 def _exe_name(pid: int) -> str:
