@@ -15,7 +15,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-SECTIONS = ["journal", "wire", "cluster", "failover"]
+SECTIONS = ["journal", "wire", "cluster", "failover", "storage"]
 ON_REQUEST = ["drill"]  # needs a deployed cluster (the lab); run by name only
 
 

@@ -671,6 +671,14 @@ class RaftNode:
             return
         # Rejected: match_index carries the prev_index the follower refused.
         rejected = m.match_index
+        if rejected == p.match > 0 and m.hint_term == 0 and m.hint_index <= p.match:
+            # A heartbeat (prev = match) refused because the follower's log now ends
+            # before what it acknowledged: its disk was wiped or replaced. Forget the
+            # match and probe from where it is (a snapshot if that was compacted).
+            p.match = m.hint_index - 1
+            p.probe(m.hint_index)
+            self._dirty.add(m.src)
+            return
         if rejected <= p.match or p.state is _State.SNAPSHOT:
             return  # stale, or a heartbeat refused while the snapshot is under way
         if m.hint_term == 0:

@@ -8,7 +8,7 @@ import pytest
 from broker.raft.core import ProposalRejected, RaftConfig, Role
 from broker.raft.messages import Configuration, InstallSnapshot
 
-from .cluster import SimCluster
+from .cluster import SimCluster, SimDisk
 from .helpers import (
     applied_data,
     check_no_leader,
@@ -65,6 +65,25 @@ def test_lagging_follower_catches_up_by_snapshot(seed, loss):
     assert c.nodes[lagger].core.log.snapshot_index >= chunks[0].meta.index
     assert c.nodes[lagger].applied == c.nodes[leader].applied
     assert applied_data(c, lagger) == [b"first", *payloads("w", 100)]
+    one(c, b"after", 3)
+    settle(c)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_wiped_follower_is_caught_up_from_a_snapshot(seed):
+    """Its log now ends before what it acknowledged: the leader must notice (the refused
+    heartbeat), forget the old match and send a snapshot, not wait forever."""
+    c = SimCluster(3, seed=seed, snapshot_every=10)
+    leader = check_one_leader(c)
+    commit_all(c, payloads("w", 40), 3)
+    wiped = (leader + 1) % 3
+    assert c.run_until(lambda: c.nodes[leader].core.progress[wiped].match >= 40, 1000)
+    c.crash(wiped)
+    c.nodes[wiped].disk = SimDisk()  # a new, empty disk
+    c.restart(wiped)
+    assert c.run_until(lambda: same_state(c, c.nodes) and c.converged(), 3000)
+    assert c.nodes[wiped].core.snapshot is not None
+    assert c.nodes[wiped].applied == c.nodes[leader].applied
     one(c, b"after", 3)
     settle(c)
 
