@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from broker.client import BrokerClient
+from broker.client import BrokerClient, OutOfRange
 from broker.demo.localcluster import LocalCluster, wait_for
 from tests.integration.test_cluster import FAST, write
 from tests.integration.test_failover_api import cluster_doc, completed, everywhere, http
@@ -114,3 +114,62 @@ def test_exporters_follow_the_configuration(exporting):
         wait_for(lambda: complete_in_order(region1, acked), 20, "region1 complete and in order")
         wait_for(lambda: complete_in_order(region0, acked), 20, "region0 complete and in order")
         assert sink(region0) == sink(region1)
+
+
+def _segments(c: LocalCluster, node: int, partition: int = 1) -> list[str]:
+    journal = os.path.join(c.data_dir(node), "partitions", str(partition), "journal")
+    return sorted(n for n in os.listdir(journal) if n.endswith(".seg"))
+
+
+def test_a_paused_exporter_holds_the_log_and_compaction_resumes_after(tmp_path):
+    """Zeebe's rule with real processes: snapshots come often and segments are small,
+    yet no segment with records the paused exporter has not exported is deleted; after
+    the resume everything reaches the sink and the log is compacted."""
+    export = str(tmp_path / "export")
+    overrides = {
+        **FAST,
+        "data": {"snapshotEntries": 20, "logSegmentSize": "64KB"},
+        "exporters": {"region0": {"type": "file", "args": {"path": export}}},
+    }
+    c = LocalCluster(
+        str(tmp_path / "c"), size=2, partitions=1, replication_factor=2, overrides=overrides
+    )
+    try:
+        c.start()
+        c.wait_leaders()
+        with BrokerClient(c.gateways(), timeout=10) as client:
+            acked = write(client, 20, "a", partition=1)
+            wait_for(lambda: complete_in_order(export, acked), 20, "the first records exported")
+            assert http(c, 0, "POST", "/actuator/exporting/pause")[0] == 204
+            wait_for(
+                lambda: cluster_doc(c, 1)["exportingPaused"], 10, "broker 1 to learn the pause"
+            )
+            exported = len(sink(export).get(1, []))
+            first_segments = {n: _segments(c, n)[0] for n in range(2)}
+            for i in range(300):  # one entry each: many snapshots, many 64 KB segments
+                p = client.append(f"b{i}-".encode() + b"x" * 1000, 1)
+                acked[f"b{i}"] = (p.partition, p.position)
+            assert all(len(_segments(c, n)) > 3 for n in range(2))
+            # the unexported records are all still there, on every replica
+            for n in range(2):
+                assert _segments(c, n)[0] <= first_segments[n]
+            assert len(sink(export).get(1, [])) == exported
+            assert client.read(1, exported + 1, 1).records[0][0] == exported + 1
+
+            assert http(c, 0, "POST", "/actuator/exporting/resume")[0] == 204
+            wait_for(lambda: len(sink(export).get(1, [])) == 320, 30, "the sink to catch up")
+            positions = [pos for pos, _ in sink(export)[1]]
+            assert positions == list(range(1, 321))
+            more = write(client, 40, "c", partition=1)  # snapshots after the resume compact
+            wait_for(lambda: len(sink(export).get(1, [])) == 360, 30, "the last records exported")
+
+            def compacted():
+                client.append("tick", 1)  # entries keep snapshots coming
+                return all(_segments(c, n)[0] > first_segments[n] for n in range(2))
+
+            wait_for(compacted, 30, "compaction after the resume")
+            with pytest.raises(OutOfRange):
+                client.read(1, 1, 1)
+            assert more
+    finally:
+        c.stop_all()
