@@ -89,6 +89,7 @@ class RaftConfig:
     max_batch_entries: int = 512
     max_batch_bytes: int = 1 << 20
     max_inflight: int = 64
+    max_apply_bytes: int = 16 << 20  # committed entries read back from disk per Ready
     snapshot_chunk_size: int = 1 << 20
     snapshot_window: int = 8  # chunks in flight during a snapshot install
     # Test-only switches that break a safety rule, so that tests can prove the
@@ -332,6 +333,8 @@ class RaftNode:
                 if p is not None:
                     self._send_append(member, p)
         self._dirty.clear()
+        if not self._ready.committed:
+            self._emit_committed()  # the next part of a long backlog of commits
         if self._hs_dirty:
             self._ready.hard_state = self.hard_state()
             self._hs_dirty = False
@@ -623,7 +626,7 @@ class RaftNode:
             if p.state is _State.REPLICATE and p.next > last:
                 return
             hi = min(last + 1, p.next + cfg.max_batch_entries)
-            entries = self.log.slice(p.next, hi)
+            entries = self.log.slice(p.next, hi, cfg.max_batch_bytes)
             size = 0
             for k, e in enumerate(entries):
                 size += len(e.data)
@@ -711,9 +714,15 @@ class RaftNode:
         if index <= self.commit:
             return
         self.commit = index
-        if index > self._emitted:
-            self._ready.committed.extend(self.log.slice(self._emitted + 1, index + 1))
-            self._emitted = index
+        self._emit_committed()
+
+    def _emit_committed(self) -> None:
+        """Hand out committed entries; at most ``max_apply_bytes`` of them per Ready
+        when they must be read back from disk (a restart replays a long log in parts)."""
+        if self._emitted < self.commit:
+            entries = self.log.slice(self._emitted + 1, self.commit + 1, self.cfg.max_apply_bytes)
+            self._ready.committed.extend(entries)
+            self._emitted = entries[-1].index
 
     # --- snapshots (leader side) ---------------------------------------------
 

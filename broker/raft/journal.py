@@ -258,22 +258,37 @@ class Journal:
 
     # --- reading -----------------------------------------------------------
 
-    def read(self, lo: int, hi: int) -> list[Entry]:
-        """Entries ``lo`` (inclusive) to ``hi`` (exclusive)."""
+    def read(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:
+        """Entries ``lo`` (inclusive) to ``hi`` (exclusive); with ``max_bytes``, only as
+        many as fit in that many bytes on disk (but at least one)."""
         self._check_open()
         if lo >= hi:
             return []
         if lo < self.first_index or hi > self.last_index + 1:
             raise IndexError(f"read [{lo}, {hi}) outside [{self.first_index}, {self.last_index}]")
         out: list[Entry] = []
+        budget = max_bytes
         i = bisect_right(self._segments, lo, key=lambda s: s.first) - 1
         while lo < hi:
             seg = self._segments[i]
             end = min(hi, seg.next_index)
             start_off = seg.offsets[lo - seg.first]
             end_off = seg.offsets[end - seg.first] if end < seg.next_index else seg.size
+            if budget is not None and end_off - start_off > budget:
+                # the last entry that still fits (the first one always does)
+                offsets = seg.offsets
+                k = bisect_right(offsets, start_off + budget, lo - seg.first + 1, end - seg.first)
+                end = seg.first + k - 1
+                if end == lo:
+                    if out:
+                        break
+                    end = lo + 1
+                end_off = offsets[end - seg.first] if end < seg.next_index else seg.size
+                hi = end  # nothing after this segment either
             buf = os.pread(seg.fd, end_off - start_off, start_off)
             _decode(buf, seg.path, start_off, out)
+            if budget is not None:
+                budget -= end_off - start_off
             lo, i = end, i + 1
         return out
 

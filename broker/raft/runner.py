@@ -52,13 +52,22 @@ from broker.fsutil import fsync_dir
 from broker.partition import PartitionState
 from broker.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftNode, Role
 from broker.raft.journal import Journal
-from broker.raft.messages import AppendRequest, Configuration, EntryKind, InstallSnapshot
+from broker.raft.messages import (
+    AppendRequest,
+    Configuration,
+    Entry,
+    EntryKind,
+    InstallSnapshot,
+)
 from broker.raft.metastore import MetaStore
 from broker.raft.snapshots import SnapshotStore
 from broker.records import RecordLog
 
 log = logging.getLogger(__name__)
 
+# The core keeps the newest entries' data in memory up to this; older ones, on disk and
+# applied, are read back from the journal when a follower needs them.
+LOG_CACHE_BYTES = 16 * 1024 * 1024
 MAX_BATCH_BYTES = 512 * 1024  # per entry; keeps AppendRequests well under the frame limit
 # The inbox bound: a stalled or slow partition holds at most this much.
 MAX_INBOX_ITEMS = 20_000
@@ -206,7 +215,11 @@ class PartitionRunner:
         except BaseException:
             journal.close()
             raise
+        node.log.loader = self._load_entries
         self.state, self.node = state, node
+
+    def _load_entries(self, lo: int, hi: int, max_bytes: int | None):
+        return self.journal.read(lo, hi, max_bytes)
 
     def _new_state(self) -> PartitionState:
         # the record log reads the journal this runner has open (reopened on a rebuild)
@@ -252,7 +265,14 @@ class PartitionRunner:
             if j.last_index or snapshot_index:
                 j.reset(snapshot_index + 1)
             return []
-        return j.read(snapshot_index + 1, j.last_index + 1)
+        # index, term and kind only (configurations whole): the core reads the rest
+        # back when it needs it, so a long log is not loaded into memory
+        entries, lo = [], snapshot_index + 1
+        while lo <= j.last_index:
+            chunk = j.read(lo, min(lo + 1024, j.last_index + 1))
+            entries += [e if e.kind is EntryKind.CONFIG else _released(e) for e in chunk]
+            lo += len(chunk)
+        return entries
 
     # --- used by other threads ----------------------------------------------
 
@@ -561,6 +581,7 @@ class PartitionRunner:
                 done(result)
         if applied and self.metrics:
             self.metrics.records_committed.labels(self._label).inc(applied)
+        self.node.log.release(min(self.journal.durable_index, state.applied_index), LOG_CACHE_BYTES)
 
     def _maybe_snapshot(self) -> None:
         """Take the state when a snapshot is due; use it once every exporter that
@@ -771,6 +792,10 @@ class PartitionRunner:
             self._last_healthy = healthy
             if self.metrics:
                 self.metrics.partition_healthy.labels(self._label).set(1 if healthy else 0)
+
+
+def _released(e: Entry) -> Entry:
+    return Entry(e.index, e.term, e.kind, None)
 
 
 def _close_quietly(journal: Journal | None) -> None:

@@ -108,6 +108,10 @@ class SimDisk:
 # --- nodes ------------------------------------------------------------------
 
 
+def _released(e: Entry) -> Entry:
+    return Entry(e.index, e.term, e.kind, None)
+
+
 def encode_state(applied: list[tuple[int, int, bytes]]) -> bytes:
     return msgpack.packb(applied)
 
@@ -117,8 +121,16 @@ def decode_state(data: bytes) -> list[tuple[int, int, bytes]]:
 
 
 class SimNode:
-    def __init__(self, node_id: int, bootstrap: Configuration, cfg: RaftConfig, seed: int):
+    def __init__(
+        self,
+        node_id: int,
+        bootstrap: Configuration,
+        cfg: RaftConfig,
+        seed: int,
+        release_log: bool = False,
+    ):
         self.id = node_id
+        self.release_log = release_log
         self.bootstrap = bootstrap
         self.cfg = cfg
         self.seed = seed
@@ -141,8 +153,14 @@ class SimNode:
             rng,
             hard_state=d.hard_state,
             snapshot=d.snapshot,
-            entries=d.entries,
+            # like the runner: what is on disk starts released (configurations whole)
+            entries=[
+                e if not self.release_log or e.kind == EntryKind.CONFIG else _released(e)
+                for e in d.entries
+            ],
         )
+        if self.release_log:  # the core reads released entries back from the "disk"
+            self.core.log.loader = self.load
         # The state machine restarts from the snapshot; the log is re-applied
         # as the commit index is learnt again.
         if d.snapshot:
@@ -153,6 +171,27 @@ class SimNode:
         self.pending.clear()
         self.fsync_scheduled = False
         self.alive = True
+
+    def load(self, lo: int, hi: int, max_bytes: int | None) -> list[Entry]:
+        """What the journal's read does: entries lo..hi-1 written to the disk, stopping
+        at ``max_bytes`` (at least one)."""
+        w = self.disk.written
+        out, size = [], 0
+        for e in w.entries[lo - w.base - 1 : hi - w.base - 1]:
+            size += len(e.data) + 25
+            if out and max_bytes is not None and size > max_bytes:
+                break
+            out.append(e)
+        if not out or out[0].index != lo:
+            raise SafetyViolation(f"node {self.id}: entries {lo}..{hi - 1} are not on disk")
+        return out
+
+    def release(self) -> None:
+        """Drop the data of what is durable and applied (the runner keeps 16 MB; the
+        simulator keeps nothing, so every read-back path runs)."""
+        if self.release_log:
+            d = self.disk.durable
+            self.core.log.release(min(d.base + len(d.entries), self.applied_index), 0)
 
 
 # --- the cluster ------------------------------------------------------------
@@ -173,13 +212,14 @@ class SimCluster:
         fsync_delay: tuple[int, int] = (1, 3),
         priorities: dict[int, int] | None = None,
         snapshot_every: int = 0,
+        release_log: bool = False,
     ):
         self.seed = seed
         self.rng = random.Random(seed)
         self.cfg = cfg or RaftConfig(election_ticks=10, heartbeat_ticks=1)
         voters = sorted(voters if voters is not None else range(n))
         self.bootstrap = Configuration.of(voters, priorities)
-        self.nodes = {i: SimNode(i, self.bootstrap, self.cfg, seed) for i in range(n)}
+        self.nodes = {i: SimNode(i, self.bootstrap, self.cfg, seed, release_log) for i in range(n)}
         self.loss, self.duplicate, self.delay = loss, duplicate, delay
         self.fsync_delay = fsync_delay
         self.snapshot_every = snapshot_every
@@ -306,6 +346,7 @@ class SimCluster:
             n.core.persisted(last.index, last.term)
         for rd in pending:
             self._apply(n, rd)
+        n.release()
         self._maybe_snapshot(n)
         self._drain(n)
 
@@ -516,7 +557,10 @@ class Checker:
         for n in self.c.nodes.values():
             if n.alive:
                 log = n.core.log
-                logs.append((n.id, log.snapshot_index, {e.index: e for e in log.entries}))
+                # through slice: released entries are read back, so what the core would
+                # send or apply is what is compared
+                entries = log.slice(log.snapshot_index + 1, log.last_index + 1)
+                logs.append((n.id, log.snapshot_index, {e.index: e for e in entries}))
         for a in range(len(logs)):
             for b in range(a + 1, len(logs)):
                 ida, _, la = logs[a]

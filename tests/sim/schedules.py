@@ -48,6 +48,13 @@ def run_schedule(seed: int, unsafe: str | None = None, verbose: bool = False) ->
         snapshot_chunk_size=rng.choice([64, 256, 4096]),
         snapshot_window=rng.choice([1, 4]),
     )
+    # Entries read back from disk (released data, committed entries handed out in
+    # parts): drawn from a generator of its own, so every seed keeps its schedule.
+    storage = random.Random(f"storage-{seed}")
+    release_log = storage.random() < 0.5
+    if release_log:
+        cfg.max_apply_bytes = storage.choice([40, 200, 1 << 20])
+        cfg.max_batch_bytes = storage.choice([40, 200, 1 << 20])
     if unsafe:
         setattr(cfg, UNSAFE_RULES[unsafe], True)
     if kind == "region_loss":
@@ -67,6 +74,7 @@ def run_schedule(seed: int, unsafe: str | None = None, verbose: bool = False) ->
         fsync_delay=(1, rng.choice([2, 8])),
         priorities=priorities,
         snapshot_every=rng.choice([0, 8, 30]),
+        release_log=release_log,
     )
     violation = None
     try:

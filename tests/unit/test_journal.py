@@ -536,3 +536,16 @@ def test_crash_keeps_exactly_the_flushed_entries(tmp_path, monkeypatch, seed):
             assert recovered.last_index == first + len(got) - 1
             if not junk:
                 assert recovered.recovery == RecoveryReport(), image
+
+
+def test_read_with_a_byte_budget_stops_at_whole_entries(tmp_path):
+    with Journal(tmp_path / "j", segment_size=4096) as j:
+        j.append([Entry(i, 1, EntryKind.NORMAL, bytes([i]) * 1000) for i in range(1, 21)])
+        j.flush()
+        assert j.segment_count > 3  # budgets that cross segments too
+        full = j.read(1, 21)
+        size = _RECORD.size + 1000  # one record on disk
+        for budget in (1, 1000, size, 2 * size + 1, 5000, 9999, 10**9):
+            got = j.read(3, 21, budget)
+            assert got == full[2 : 2 + len(got)]
+            assert len(got) == max(1, min(18, budget // size)), budget

@@ -8,6 +8,7 @@ import msgpack
 import pytest
 
 from broker import partition as sm
+from broker.raft import runner as runner_mod
 from broker.raft.journal import Journal
 from broker.raft.messages import Entry, EntryKind
 from broker.records import OutOfRange, RecordLog, appends
@@ -192,3 +193,31 @@ def test_an_enabled_exporter_holds_the_log_until_it_acknowledges(tmp_path):
         assert r.state.records.first_position > 151
     finally:
         r.stop()
+
+
+def test_the_core_keeps_only_the_newest_entries_in_memory(tmp_path, monkeypatch):
+    """With an exporter holding the log (no snapshot can compact it), the core still
+    holds at most LOG_CACHE_BYTES of entry data; the rest is read back from the journal,
+    also after a restart, which does not load the log into memory."""
+    monkeypatch.setattr(runner_mod, "LOG_CACHE_BYTES", 64 * 1024)
+    clock = FakeClock()
+    r = make_runner(tmp_path, clock=clock, segment_size=64 * 1024)
+    r.log_holders = lambda: ["region0"]  # never acknowledges: nothing is compacted
+    try:
+        lead(r, clock)
+        results = Results()
+        _fill(r, clock, results, 200, 4096)  # 800 KB
+        assert r.node.log.snapshot_index == 0 and r.journal.first_index == 1
+        assert r.node.log.held_bytes <= 64 * 1024 + 4096
+        whole = r.node.log.slice(1, r.node.log.last_index + 1)  # read back from disk
+        assert sum(len(e.data) for e in whole) >= 200 * 4096
+    finally:
+        r.stop()
+    again = make_runner(tmp_path, clock=clock, segment_size=64 * 1024)
+    try:
+        assert again.node.log.held_bytes < 4096  # the log stayed on disk
+        lead(again, clock)  # commits and applies the whole log again, read back in parts
+        assert again.state.last_position == 200
+        assert again.state.records.read(1, 1, MB)[0] == (1, bytes([0]) * 4096)
+    finally:
+        again.stop()
