@@ -121,7 +121,7 @@ def run(
         format=f"%(asctime)s broker-{cfg.cluster.node_id} %(levelname)s %(name)s: %(message)s",
         handlers=handlers,
     )
-    from broker.server import Broker
+    from broker.node.broker import Broker
 
     broker = Broker(cfg)
     stop = threading.Event()

@@ -1,4 +1,4 @@
-"""SWIM gossip membership: a sans-I/O core (swim.py) and its threaded runner (runner.py)."""
+"""SWIM gossip membership: the sans-I/O core (swim.py); broker/node/membership.py runs it."""
 
 from broker.membership.swim import (
     ALIVE,

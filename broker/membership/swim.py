@@ -6,7 +6,7 @@ its inputs are ``tick(now)`` (time is injected), ``receive(src, message)``,
 and membership events, which the caller takes with ``drain()``. It owns no
 sockets, threads or clocks, and all randomness comes from the injected
 ``random.Random``, so the same object runs in the threaded runner
-(runner.py) and in the simulator (tests/sim/test_swim.py).
+(broker/node/membership.py) and in the simulator (tests/sim/test_swim.py).
 
 The protocol is SWIM (Das, Gupta, Motivala 2002) with the suspicion
 mechanism and the refinements memberlist uses:

@@ -26,9 +26,9 @@ import jsonschema
 import pytest
 import yaml
 
-from broker import management
 from broker.demo.localcluster import LocalCluster, wait_for
-from broker.topology import api
+from broker.node import management
+from broker.node import topology_api as api
 from tests.integration.test_cluster import FAST
 from tests.unit.test_ctl import closed_port
 

@@ -156,7 +156,7 @@ def reads(tmp_path_factory) -> dict[tuple[type, str], set[str]]:
     """Start and stop a real broker in this process with every documented section set,
     recording each config field read and the broker module (outside config.py) that read
     it. A read inside config.py (a property, validation) counts for its caller."""
-    from broker.server import Broker
+    from broker.node.broker import Broker
 
     d = tmp_path_factory.mktemp("broker")
     gateway, internal, management = free_ports(3)

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from broker.management import (
+from broker.metrics import BrokerMetrics
+from broker.node.management import (
     MAX_BODY_SIZE,
     ROUTES,
     HttpError,
@@ -19,7 +20,6 @@ from broker.management import (
     json_response,
     match_route,
 )
-from broker.metrics import BrokerMetrics
 
 TOPOLOGY = {
     "brokers": [
@@ -311,7 +311,7 @@ def test_bad_content_length_and_chunked(server):
 
 def test_handler_exception_500_and_server_keeps_serving(server, source, caplog):
     source.fail = RuntimeError("boom")
-    with caplog.at_level(logging.ERROR, logger="broker.management"):
+    with caplog.at_level(logging.ERROR, logger="broker.node.management"):
         status, body = call_json(server, "GET", "/v2/topology")
     assert status == 500
     assert "boom" in body["message"]

@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from broker import partition as sm
-from broker.raft import runner as runner_mod
+from broker.node import partitions as runner_mod
 from broker.raft.journal import Journal
 from broker.raft.messages import Entry, EntryKind
 from broker.records import OutOfRange, RecordLog, appends

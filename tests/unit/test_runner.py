@@ -16,10 +16,10 @@ import pytest
 from broker import partition as sm
 from broker.diskspace import DiskSpaceMonitor
 from broker.metrics import BrokerMetrics
-from broker.raft import runner as runner_mod
+from broker.node import partitions as runner_mod
+from broker.node.partitions import PartitionRunner
 from broker.raft.core import RaftConfig
 from broker.raft.messages import AppendRequest, AppendResponse, Configuration, Entry, EntryKind
-from broker.raft.runner import PartitionRunner
 from tests.helpers import wait_until
 
 TICK = 0.01

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from broker.membership.runner import SwimMembership
+from broker.node.membership import SwimMembership
 from broker.peers import Member
 from broker.transport import Transport
 from tests.helpers import wait_until
@@ -124,7 +124,7 @@ def test_stopped_member_is_declared_dead(cluster):
 
 
 def test_malformed_gossip_is_logged_and_dropped(cluster, caplog):
-    caplog.set_level(logging.WARNING, logger="broker.membership.runner")
+    caplog.set_level(logging.WARNING, logger="broker.node.membership")
     a, _, c = cluster
     wait_until(lambda: agreed(cluster), timeout=10)
     for payload in (None, "junk", {"t": "ping"}, {"t": "gossip", "u": [[1, "x"]]}):

@@ -15,18 +15,18 @@ import threading
 from broker import __version__
 from broker.config import BrokerConfig, dual_region_warnings
 from broker.diskspace import DiskSpaceMonitor
-from broker.exporters.runner import ExporterRunner
-from broker.gateway import Gateway
-from broker.management import ROUTES, ManagementServer
-from broker.membership.runner import SwimMembership
 from broker.metrics import BrokerMetrics
+from broker.node import topology_api
+from broker.node.exporting import ExporterRunner
+from broker.node.gateway import Gateway
+from broker.node.management import ROUTES, ManagementServer
+from broker.node.membership import SwimMembership
+from broker.node.partitions import PartitionRunner
+from broker.node.topology import TopologyManager, now_iso
 from broker.peers import Member
 from broker.raft.core import RaftConfig
 from broker.raft.messages import Configuration
-from broker.raft.runner import PartitionRunner
-from broker.topology import api as topology_api
 from broker.topology import model as tmodel
-from broker.topology.manager import TopologyManager, now_iso
 from broker.transport import Transport
 
 log = logging.getLogger(__name__)

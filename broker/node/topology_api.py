@@ -20,7 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from broker.management import (
+from broker.node.management import (
     HttpError,
     Request,
     Response,
@@ -28,8 +28,8 @@ from broker.management import (
     empty_response,
     json_response,
 )
+from broker.node.topology import now_iso
 from broker.topology import model as t
-from broker.topology.manager import now_iso
 
 OVERRIDE = "allowRemovingReachableBrokers"
 

@@ -35,7 +35,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from broker.metrics import CONTENT_TYPE as PROMETHEUS_CONTENT_TYPE
 from broker.metrics import BrokerMetrics
 
-log = logging.getLogger("broker.management")
+log = logging.getLogger("broker.node.management")
 
 MAX_BODY_SIZE = 1024 * 1024
 MAX_QUERY_FIELDS = 100
