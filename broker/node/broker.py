@@ -19,6 +19,7 @@ from broker.metrics import BrokerMetrics
 from broker.node import topology_api
 from broker.node.exporting import ExporterRunner
 from broker.node.gateway import Gateway
+from broker.node.link import InternalLink
 from broker.node.management import ROUTES, ManagementServer
 from broker.node.membership import SwimMembership
 from broker.node.partitions import PartitionRunner
@@ -61,8 +62,6 @@ class Broker:
         self.metrics = BrokerMetrics()
         self.runners: dict[int, PartitionRunner] = {}
         self.started = threading.Event()
-        self._links: dict[int, object] = {}
-        self._links_lock = threading.Lock()
         self.internal: Transport | None = None
         self.gateway_transport: Transport | None = None
         self.management = None
@@ -90,11 +89,21 @@ class Broker:
             on_gossip=self._on_gossip,
             max_frame_size=cfg.network.max_frame_size,
         )
+        self.link = InternalLink(self.node_id, self.internal.send_gossip)
         self.gateway = Gateway(
-            self,
+            self.node_id,
+            c.partitions_count,
+            self.runners,
+            lambda pid: self.peers.leader_of(pid),  # SWIM starts after the gateway port
+            self.link,
+            self.topology,
             cfg.network.gateway.request_timeout,
             cfg.network.gateway.max_inflight,
             self.metrics,
+        )
+        # forwarded requests and control commands from other brokers
+        self.link.serve = lambda conn, req_id, body: self.gateway.handle(
+            conn, req_id, body, internal=True
         )
         self.gateway_transport = Transport(
             self.node_id,
@@ -141,7 +150,9 @@ class Broker:
         )
         self.topology_manager = TopologyManager(self, self._static_topology)
         self.topology_manager.start()  # starts the partitions this broker hosts
-        self.exporters = ExporterRunner(self)
+        self.exporters = ExporterRunner(
+            self.node_id, cfg.exporters, self.runners, lambda: self.topology_manager.config
+        )
         self.exporters.start()
         self.peers.start()
         self.started.set()
@@ -170,9 +181,6 @@ class Broker:
             self.gateway.stop()
         for runner in self.runners.values():
             runner.stop()
-        with self._links_lock:
-            for link in self._links.values():
-                link.close()
         if self.internal is not None:
             self.internal.stop()
         if self.disk is not None:
@@ -236,7 +244,7 @@ class Broker:
             "replicas": {str(b): p for b, p in replicas.items()},
         }
         try:
-            answer = self.link_to(self.node_id).request_async(body, timeout=2.0).result(3.0)
+            answer = self.gateway.control(body, timeout=2.0).result(3.0)
         except Exception:
             return False
         return bool(answer.get("ok") and answer.get("committed"))
@@ -245,7 +253,7 @@ class Broker:
         """Commit, on the partition's leader, that ``exporter`` starts at ``source``'s position."""
         body = {"op": "_export_init", "partition": pid, "exporter": exporter, "from": source}
         try:
-            answer = self.link_to(self.node_id).request_async(body, timeout=2.0).result(3.0)
+            answer = self.gateway.control(body, timeout=2.0).result(3.0)
         except Exception:
             return False
         return bool(answer.get("ok"))
@@ -253,11 +261,11 @@ class Broker:
     def rebalance(self) -> None:
         """Every partition's leader steps down unless it is the primary (async)."""
         for pid in range(1, self.cfg.cluster.partitions_count + 1):
-            self.link_to(self.node_id).request_async(
-                {"op": "_rebalance", "partition": pid}, timeout=2.0
-            )
+            self.gateway.control({"op": "_rebalance", "partition": pid}, timeout=2.0)
 
     def _on_gossip(self, src: int, payload) -> None:
+        if self.link.on_message(src, payload):
+            return
         if isinstance(payload, dict) and "topology" in payload:
             self.topology_manager.on_gossip(src, payload["topology"])
         else:
@@ -271,25 +279,6 @@ class Broker:
 
     def _refuse_raft(self, src: int, items) -> None:
         log.warning("node %d sent Raft traffic to the gateway port; ignored", src)
-
-    def link_to(self, node_id: int):
-        """A pipelined client connection to another broker's gateway (for forwarding)."""
-        from broker.client import BrokerClient
-
-        with self._links_lock:
-            link = self._links.get(node_id)
-            if link is None:
-                m = self.peers.members.get(node_id)
-                if m is None or not m.gateway_port:
-                    raise ConnectionError(f"address of node {node_id} unknown")
-                link = BrokerClient(
-                    f"{m.host}:{m.gateway_port}",
-                    cluster_name=self.cfg.cluster.cluster_name,
-                    timeout=self.cfg.network.gateway.request_timeout,
-                    route=False,  # this link is to one specific broker
-                )
-                self._links[node_id] = link
-            return link
 
     def _local_partitions(self) -> dict[int, dict]:
         out = {}

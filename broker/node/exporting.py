@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from broker import partition as sm
 from broker.exporters import create
+from broker.node.seams import Partitions
 from broker.records import OutOfRange
-from broker.topology.model import ENABLED
+from broker.topology.model import ENABLED, ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +29,25 @@ MAX_BACKOFF = 10.0
 
 
 class ExporterRunner:
-    def __init__(self, broker):
-        self.broker = broker
-        self.exporters = {
-            ex_id: create(ex_id, ex.type, ex.args) for ex_id, ex in broker.cfg.exporters.items()
-        }
+    def __init__(
+        self,
+        node_id: int,
+        configured: dict,
+        partitions: Partitions,
+        topology: Callable[[], ClusterConfig],
+    ):
+        """``configured``: the ``exporters`` section (id -> type and args);
+        ``partitions``: the handles of the partitions hosted here (a live mapping);
+        ``topology``: the current cluster configuration (exporter states, pause)."""
+        self.node_id = node_id
+        self.partitions = partitions
+        self.topology = topology
+        self.exporters = {i: create(i, ex.type, ex.args) for i, ex in configured.items()}
         self._position: dict[tuple[int, str], int] = {}  # exported, maybe not yet committed
         self._retry_at: dict[tuple[int, str], tuple[float, float]] = {}  # -> (when, backoff)
         self._led: set[int] = set()
         self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, name=f"exporters-{broker.node_id}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=f"exporters-{node_id}", daemon=True)
 
     def start(self) -> None:
         if self.exporters:
@@ -57,9 +66,9 @@ class ExporterRunner:
                 log.exception("exporter turn failed")
 
     def _turn(self) -> None:
-        config = self.broker.topology_manager.config
-        me = config.members.get(self.broker.node_id)
-        led = {pid for pid, r in list(self.broker.runners.items()) if r.is_leader}
+        config = self.topology()
+        me = config.members.get(self.node_id)
+        led = {pid for pid, r in list(self.partitions.items()) if r.is_leader}
         for pid in led - self._led:  # newly led: start from the replicated positions
             for ex_id, exporter in self.exporters.items():
                 self._position.pop((pid, ex_id), None)
@@ -68,7 +77,7 @@ class ExporterRunner:
         if config.exporting_paused or me is None:
             return
         for pid in sorted(led):
-            runner = self.broker.runners.get(pid)
+            runner = self.partitions.get(pid)
             part = me.partitions.get(pid)
             if runner is None or part is None:
                 continue
@@ -81,12 +90,13 @@ class ExporterRunner:
         when, backoff = self._retry_at.get(key, (0.0, 0.0))
         if time.monotonic() < when:
             return
-        state = runner.state  # read-only here: positions are ints, replaced whole
-        committed = state.exported.get(ex_id, 0)
+        status = runner.status  # a copy the partition thread refreshes every turn
+        committed = status.get("exported", {}).get(ex_id, 0)
+        last = status.get("lastPosition", 0)
         position = max(self._position.get(key, 0), committed)
         if key not in self._position:
-            position = max(position, min(exporter.last_position(pid), state.last_position))
-        if position >= state.last_position:
+            position = max(position, min(exporter.last_position(pid), last))
+        if position >= last:
             records = []
         else:
             try:  # from the journal, on the partition thread that owns it

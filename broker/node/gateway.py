@@ -4,10 +4,15 @@ Any broker accepts any request. Keyed requests go to partition
 ``crc32(key) % partitionsCount + 1``; unkeyed appends go round-robin over the
 partitions that have a leader. If this broker leads the partition, the
 command is proposed to the local Raft group and answered when applied;
-otherwise it is forwarded to the leader's gateway (one hop: a forwarded
-request is never forwarded again, the leader answers NOT_LEADER instead and
-this gateway retries). Retries on leader change continue until the request
-deadline. Answers never block the connection's reader thread.
+otherwise it is forwarded to the leader over the internal link (one hop: a
+forwarded request is never forwarded again, the leader answers NOT_LEADER
+instead and this gateway retries). Retries on leader change continue until the
+request deadline. Answers never block the connection's reader thread.
+
+Control commands of topology changes (``_reconfigure``, ``_export_init``,
+``_rebalance``) run on the partition's leader the same way, but are accepted
+only from this broker (``control``) and from the internal link, never from a
+client connection.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 
 from broker import partition as sm
+from broker.node.seams import Link, Partitions
 from broker.raft.core import ProposalRejected
 from broker.raft.messages import Configuration
 
@@ -122,14 +129,35 @@ class Scheduler:
                 log.exception("scheduled callback failed")
 
 
+CONTROL_OPS = frozenset({"_reconfigure", "_export_init", "_rebalance"})
+
+
 class Gateway:
-    def __init__(self, broker, request_timeout: float, max_inflight: int, metrics=None):
-        self.broker = broker
-        self.partitions_count = broker.cfg.cluster.partitions_count
+    def __init__(
+        self,
+        node_id: int,
+        partitions_count: int,
+        partitions: Partitions,
+        leader_of: Callable[[int], int | None],
+        link: Link,
+        topology: Callable[[], dict],
+        request_timeout: float,
+        max_inflight: int,
+        metrics=None,
+    ):
+        """``partitions``: the handles of the partitions hosted here (a live mapping);
+        ``leader_of``: who leads a partition not hosted here (the membership view);
+        ``link``: requests to other brokers; ``topology``: the ``/v2/topology`` body."""
+        self.node_id = node_id
+        self.partitions = partitions
+        self.leader_of = leader_of
+        self.link = link
+        self.topology = topology
+        self.partitions_count = partitions_count
         self.request_timeout = request_timeout
         self.max_inflight = max_inflight
         self.metrics = metrics
-        self.scheduler = Scheduler(f"gateway-{broker.node_id}")
+        self.scheduler = Scheduler(f"gateway-{node_id}")
         self._rr = itertools.count()
         self._inflight: dict[int, int] = {}
         self._lock = threading.Lock()
@@ -145,9 +173,21 @@ class Gateway:
 
     # --- entry point (transport reader thread) --------------------------------
 
-    def handle(self, conn, req_id: int, body: dict) -> None:
+    def control(self, body: dict, timeout: float) -> Future:
+        """Run a control command on the partition's leader, here or elsewhere; the
+        future holds its answer (topology changes, rebalance)."""
+        fut: Future = Future()
+        self.handle(_FutureReply(fut), 0, {**body, "timeout": timeout}, internal=True)
+        return fut
+
+    def handle(self, conn, req_id: int, body: dict, internal: bool = False) -> None:
+        """A request from a client connection, or (``internal``) from this broker or
+        another one over the internal link: only those may send control commands and
+        forwarded requests."""
         start = time.monotonic()
         op = body.get("op") if isinstance(body, dict) else None
+        if op in CONTROL_OPS and not internal:
+            op = None  # unknown to clients
         token = next(self._tokens)
 
         def reply(result: dict) -> None:
@@ -161,8 +201,10 @@ class Gateway:
         self._waiting[token] = reply
         try:
             if op == "topology":
-                reply({"ok": True, **self.broker.topology()})
+                reply({"ok": True, **self.topology()})
                 return
+            if op is None:
+                raise RequestError("INVALID_ARGUMENT", f"unknown op {body.get('op')!r}")
             partition_id, command = self._command(op, body)
             timeout = body.get("timeout")
             if timeout is not None and not isinstance(timeout, int | float):
@@ -171,7 +213,7 @@ class Gateway:
         except RequestError as exc:
             reply(_error(exc.code, exc.message))
             return
-        forwarded = bool(body.get("forwarded"))
+        forwarded = internal and bool(body.get("forwarded"))
         deadline = start + limit
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, token))
@@ -186,6 +228,9 @@ class Gateway:
             reply = self._waiting.get(token)
             if reply is not None:
                 reply(_error("DEADLINE_EXCEEDED", "not committed in time; it may still commit"))
+        expire = getattr(self.link, "expire", None)
+        if expire is not None:
+            expire()  # requests to other brokers past their deadline
         self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
 
     def _command(self, op, body: dict) -> tuple[int | None, bytes]:
@@ -235,14 +280,14 @@ class Gateway:
     # --- routing ------------------------------------------------------------------
 
     def _leader(self, partition_id: int) -> int | None:
-        local = self.broker.runners.get(partition_id)
+        local = self.partitions.get(partition_id)
         if local is not None:
             status = local.status
             if status.get("role") == "leader":
-                return self.broker.node_id
+                return self.node_id
             if status.get("leader") is not None:
                 return status["leader"]
-        return self.broker.peers.leader_of(partition_id)
+        return self.leader_of(partition_id)
 
     def _pick_partition(self) -> int | None:
         n = self.partitions_count
@@ -275,15 +320,18 @@ class Gateway:
         if leader is None:
             retry(f"no leader for {f'partition {target}' if target else 'any partition'}")
             return
-        if leader == self.broker.node_id:
+        if leader == self.node_id:
             self._propose(target, command, body, deadline, forwarded, reply, retry)
         elif forwarded:
-            retry(f"node {self.broker.node_id} does not lead partition {target}")
+            retry(f"node {self.node_id} does not lead partition {target}")
         else:
             self._forward(leader, target, body, deadline, reply, retry)
 
     def _propose(self, pid, command, body, deadline, forwarded, reply, retry) -> None:
-        runner = self.broker.runners[pid]
+        runner = self.partitions.get(pid)
+        if runner is None:  # removed meanwhile (a topology change)
+            retry(f"node {self.node_id} no longer hosts partition {pid}")
+            return
         if not callable(command) and not str(body.get("op", "")).startswith("_"):
             refusal = runner.refusal(write=body.get("op") in WRITE_OPS)
             if refusal is not None:  # disk low or partition stopped: at once, no retry
@@ -304,7 +352,7 @@ class Gateway:
             if self.metrics:
                 self.metrics.inflight_requests.labels(str(pid)).dec()
             if _retryable(result):
-                retry(result.get("message") or f"node {self.broker.node_id} does not lead {pid}")
+                retry(result.get("message") or f"node {self.node_id} does not lead {pid}")
             else:
                 reply(result)
 
@@ -321,11 +369,7 @@ class Gateway:
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
         remaining = deadline - time.monotonic()
         fwd = {**body, "partition": pid, "forwarded": True, "timeout": remaining}
-        try:
-            fut = self.broker.link_to(leader).request_async(fwd, timeout=remaining)
-        except Exception as exc:  # the leader's gateway is unreachable
-            retry(f"cannot reach node {leader}: {exc}")
-            return
+        fut = self.link.request(leader, fwd, timeout=remaining)
 
         def done(f) -> None:
             try:
@@ -339,3 +383,15 @@ class Gateway:
                 reply(result)
 
         fut.add_done_callback(done)
+
+
+class _FutureReply:
+    """A connection stand-in for ``control``: the answer completes a future."""
+
+    def __init__(self, fut: Future):
+        self._fut = fut
+
+    def send_response(self, req_id: int, body: dict) -> bool:
+        if not self._fut.done():
+            self._fut.set_result(body)
+        return True

@@ -16,6 +16,7 @@ import pytest
 
 from broker.client import BrokerClient, OutOfRange, Unavailable
 from broker.demo.localcluster import LocalCluster, wait_for
+from broker.transport import FramedClient
 
 FAST = {
     "cluster": {
@@ -285,3 +286,35 @@ def test_daemon_log_rotates_by_size_and_keeps_the_configured_count(cluster):
             assert client.append("still serving").position >= 1
     finally:
         assert broker("stop").returncode == 0
+
+
+def test_forwarding_uses_the_internal_link_and_clients_cannot_send_control_commands(cluster):
+    c = cluster(size=3, partitions=1, replication_factor=3)
+    c.start()
+    leader = c.wait_leaders()[1]
+    other = next(i for i in range(3) if i != leader)
+    before = c.get_json(leader, "/actuator/partitions")["1"]
+    client = FramedClient("127.0.0.1", c.ports[other]["gateway"], "dual-region", timeout=10)
+    try:
+        # a non-leader forwards to the leader (over the internal port) and answers
+        r = client.request({"op": "append", "data": b"via-other", "partition": 1})
+        assert r["ok"] and r["position"] == 1, r
+        # control commands of topology changes are not a client's to send, also
+        # not dressed as a forwarded request
+        for body in (
+            {"op": "_reconfigure", "partition": 1, "replicas": {str(leader): 1}},
+            {"op": "_rebalance", "partition": 1},
+            {"op": "_export_init", "partition": 1, "exporter": "x", "from": "y"},
+            {"op": "_reconfigure", "partition": 1, "replicas": {"0": 1}, "forwarded": True},
+        ):
+            r = client.request(body)
+            assert r["ok"] is False and r["code"] == "INVALID_ARGUMENT", r
+            assert "unknown op" in r["message"]
+        # "forwarded" from a client is ignored: the request is still routed
+        r = client.request({"op": "append", "data": b"x", "partition": 1, "forwarded": True})
+        assert r["ok"], r
+    finally:
+        client.close()
+    after = c.get_json(leader, "/actuator/partitions")["1"]
+    assert after["voters"] == before["voters"] == [0, 1, 2]
+    assert after["term"] == before["term"]
