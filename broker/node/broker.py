@@ -63,6 +63,9 @@ class Broker:
         self.runners: dict[int, PartitionRunner] = {}
         self.started = threading.Event()
         self.internal: Transport | None = None
+        # set during start(); the transports start first and may hear from peers before
+        self.peers: SwimMembership | None = None
+        self.topology_manager: TopologyManager | None = None
         self.gateway_transport: Transport | None = None
         self.management = None
         self.disk: DiskSpaceMonitor | None = None
@@ -94,7 +97,7 @@ class Broker:
             self.node_id,
             c.partitions_count,
             self.runners,
-            lambda pid: self.peers.leader_of(pid),  # SWIM starts after the gateway port
+            lambda pid: self.peers.leader_of(pid) if self.peers else None,
             self.link,
             self.topology,
             cfg.network.gateway.request_timeout,
@@ -266,6 +269,8 @@ class Broker:
     def _on_gossip(self, src: int, payload) -> None:
         if self.link.on_message(src, payload):
             return
+        if self.peers is None or self.topology_manager is None:
+            return  # still starting: SWIM's periodic sync brings it again
         if isinstance(payload, dict) and "topology" in payload:
             self.topology_manager.on_gossip(src, payload["topology"])
         else:
