@@ -46,6 +46,10 @@ _NAME = re.compile(r"^(\d{20})\.seg$")
 _READ_CHUNK = 4096  # entries per read while iterating
 
 
+class NewerFormatError(RuntimeError):
+    """Data written by a newer broker: never truncated, never read."""
+
+
 @dataclass(frozen=True)
 class RecoveryReport:
     """What recovery cut off the log; zeros and "" when the log was clean."""
@@ -373,7 +377,11 @@ class Journal:
             data = os.pread(fd, os.fstat(fd).st_size, 0)
             first = int(name[:20])
             seg = _Segment(path, fd, first, array("Q"), 0)
-            bad, reason = self._scan(seg, data, expected)
+            try:
+                bad, reason = self._scan(seg, data, expected)
+            except NewerFormatError:
+                os.close(fd)
+                raise
             if bad is None:
                 self._segments.append(seg)
                 expected = seg.next_index
@@ -392,6 +400,12 @@ class Journal:
         if len(data) < _HEADER.size:
             return 0, f"torn segment header ({len(data)} bytes)"
         magic, version, _, first = _HEADER.unpack_from(data)
+        if magic == _MAGIC and version > _VERSION:
+            # written by a newer broker: cutting it would lose data; refuse to open
+            raise NewerFormatError(
+                f"journal segment {seg.path} has format version {version}; this broker "
+                f"reads up to {_VERSION}: run the broker version that wrote it"
+            )
         if magic != _MAGIC or version != _VERSION:
             return 0, f"bad segment header (magic {magic!r}, version {version})"
         if first != seg.first or (expected is not None and first != expected):

@@ -6,7 +6,7 @@ import stat
 import pytest
 
 from broker.fsutil import CorruptFileError
-from broker.raft.journal import _HEADER, _RECORD, Journal, RecoveryReport
+from broker.raft.journal import _HEADER, _RECORD, Journal, NewerFormatError, RecoveryReport
 from broker.raft.messages import Entry, EntryKind
 
 SEG = 256  # tiny segments: a few records each
@@ -549,3 +549,20 @@ def test_read_with_a_byte_budget_stops_at_whole_entries(tmp_path):
             got = j.read(3, 21, budget)
             assert got == full[2 : 2 + len(got)]
             assert len(got) == max(1, min(18, budget // size)), budget
+
+
+def test_a_segment_from_a_newer_broker_is_refused_not_truncated(tmp_path):
+    with Journal(tmp_path / "j") as j:
+        j.append([Entry(1, 1, EntryKind.NORMAL, b"kept")])
+        j.flush()
+    [segment] = list((tmp_path / "j").glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    _HEADER.pack_into(data, 0, b"RJNL", 2, 0, 1)  # format version 2
+    segment.write_bytes(bytes(data))
+    with pytest.raises(NewerFormatError, match="format version 2; this broker reads up to 1"):
+        Journal(tmp_path / "j")
+    assert segment.read_bytes() == bytes(data)  # untouched; and the lock was released:
+    _HEADER.pack_into(data, 0, b"RJNL", 1, 0, 1)
+    segment.write_bytes(bytes(data))
+    with Journal(tmp_path / "j") as j:
+        assert j.read(1, 2)[0].data == b"kept"
