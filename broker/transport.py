@@ -48,6 +48,14 @@ from broker.wire import (
 log = logging.getLogger("broker.transport")
 
 RECV_SIZE = 256 * 1024
+# Responses queued on one accepted connection and not yet written to its socket.
+# A client that leaves more than this unread (it stopped reading its answers)
+# loses its connection, so that its answers neither block the partition threads
+# that produce them nor pile up in memory. Read responses are at most ~2 MiB.
+MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
+WRITE_BATCH_BYTES = 1024 * 1024  # the writer joins queued frames into writes of about this
+TLS_WRITE_CHUNK = 16 * 1024  # one TLS record: the unit of a non-blocking TLS write
+WRITER_JOIN_TIMEOUT = 2.0  # how long a closing reader waits for its writer
 # A RAFT body is an array header (at most 5 bytes) followed by the packed items.
 _ARRAY_HEADER_MAX = 5
 
@@ -99,54 +107,166 @@ def recv_frame(sock: socket.socket, decoder: FrameDecoder):
 
 
 class Connection:
-    """An accepted connection that completed its handshake."""
+    """An accepted connection that completed its handshake.
+
+    Sends never block the caller (a partition thread answering a committed
+    request must not wait for a client's socket): ``send_frame`` queues the
+    encoded frame and a writer thread per connection, started on the first
+    send, drains the queue. A peer that leaves more than
+    ``MAX_OUTBOUND_BYTES`` unread loses its connection.
+    """
 
     def __init__(self, sock: socket.socket, address, hello: Hello):
         self.address = address
         self.node_id = hello.node_id
         self.role = hello.role
         self._sock = sock
-        self._io_lock = threading.Lock()
+        self._io_lock = threading.Lock()  # TLS: one thread at a time in OpenSSL
         self._tls = isinstance(sock, ssl.SSLSocket)
         if self._tls:
             self._poller = select.poll()  # unlike select(), works for any fd number
             self._poller.register(sock, select.POLLIN)
         self.closed = False
+        # The outbound queue; _cond guards it, `closed` and the writer's start.
+        self._cond = threading.Condition(threading.Lock())
+        self._out: deque[bytes] = deque()
+        self._out_bytes = 0  # queued or being written, not yet handed to the kernel
+        self._writer: threading.Thread | None = None
+        self._timeout: float | None = None  # the socket's, read when the writer starts
+        # Transport constructs a Connection on the connection's reader thread,
+        # whose end Transport.stop() waits for: close() from that thread also
+        # waits for the writer, so that no writer outlives its reader.
+        self._reader = threading.current_thread()
+        reader = self._reader.name
+        prefix = reader if reader.startswith("transport-") else f"transport-conn-{_fmt(address)}"
+        self._writer_name = f"{prefix}-writer"
 
     def send_response(self, req_id: int, body: dict) -> bool:
         """Thread-safe; False if the connection is gone (the response is lost)."""
         return self.send_frame(Response(req_id, body))
 
     def send_frame(self, frame) -> bool:
+        """Queue ``frame``; thread-safe and never blocks on the socket.
+
+        True once queued (not yet written); False if the connection is closed,
+        or is closed now because its peer left more than ``MAX_OUTBOUND_BYTES``
+        unread."""
+        if self.closed:
+            return False
         data = encode_frame(frame)
-        with self._io_lock:
+        with self._cond:
             if self.closed:
                 return False
-            try:
-                self._sock.sendall(data)
+            unread = self._out_bytes + len(data)
+            if unread <= MAX_OUTBOUND_BYTES:
+                self._out.append(data)
+                self._out_bytes = unread
+                if self._writer is None:
+                    self._start_writer()
+                self._cond.notify()
                 return True
+        log.info(
+            "closing connection from %s: slow consumer: %d bytes of responses unread",
+            _fmt(self.address),
+            unread,
+        )
+        self.close()
+        return False
+
+    def _start_writer(self) -> None:
+        # Called with _cond held, after the reader set the socket's I/O timeout.
+        self._timeout = self._sock.gettimeout()
+        writer = threading.Thread(target=self._write_loop, name=self._writer_name, daemon=True)
+        self._writer = writer
+        writer.start()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._out or self.closed)
+                if self.closed:
+                    return
+                batch, size = [], 0
+                while self._out and size < WRITE_BATCH_BYTES:
+                    data = self._out.popleft()
+                    batch.append(data)
+                    size += len(data)
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            try:
+                if self._tls:
+                    self._write_tls(data)
+                else:
+                    self._sock.sendall(data)  # the socket's timeout bounds a stuck write
             except (OSError, ValueError) as e:
                 if not self.closed:
                     # A partial write leaves the stream unusable.
                     log.info("closing connection from %s: write failed: %s", _fmt(self.address), e)
                     self.close()
-                return False
+                return
+            with self._cond:
+                self._out_bytes -= size
+
+    def _write_tls(self, data: bytes) -> None:
+        """Write ``data`` in records, holding ``_io_lock`` only for non-blocking
+        writes, so that a peer that does not read never blocks the reader."""
+        sock, view, offset = self._sock, memoryview(data), 0
+        poller = select.poll()
+        poller.register(sock, select.POLLOUT)
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while offset < len(view):
+            if self.closed:
+                raise ConnectionError("connection closed")
+            # After a WANT_WRITE, OpenSSL needs the same bytes again.
+            chunk = view[offset : offset + TLS_WRITE_CHUNK]
+            with self._io_lock:
+                sock.settimeout(0.0)
+                try:
+                    offset += sock.send(chunk)
+                    continue
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
+                    pass
+                finally:
+                    with contextlib.suppress(OSError):
+                        sock.settimeout(timeout)
+            # Wait for room outside the lock; close() shuts the socket down,
+            # which wakes this poll.
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError("write timed out")
+            poller.poll(None if wait is None else max(1, int(wait * 1000)))
 
     def recv(self) -> bytes:
         """Called by the connection's reader thread only."""
         if not self._tls:
             return self._sock.recv(RECV_SIZE)
         # An OpenSSL connection must not be used by two threads at once, so
-        # wait for data outside the lock and read under the writers' lock.
-        if not self._sock.pending() and not self._poller.poll(self._sock.gettimeout() * 1000):
+        # wait for data outside the lock and read under the writer's lock.
+        # (The writer makes the socket non-blocking for a moment under the
+        # lock; hence the timeout it recorded, when it has started.)
+        timeout = self._timeout if self._timeout is not None else self._sock.gettimeout()
+        if not self._sock.pending() and not self._poller.poll(timeout * 1000):
             raise TimeoutError("idle")
         with self._io_lock:
             return self._sock.recv(RECV_SIZE)
 
     def close(self) -> None:
-        """Thread-safe and idempotent; wakes a writer blocked on a slow reader."""
-        self.closed = True
+        """Thread-safe and idempotent; stops the writer (queued frames are
+        dropped) and wakes it if blocked on a slow reader."""
+        with self._cond:
+            self.closed = True
+            self._out.clear()
+            self._out_bytes = 0
+            self._cond.notify_all()
+            writer = self._writer
         _shutdown(self._sock)
+        if writer is not None and threading.current_thread() is self._reader:
+            writer.join(WRITER_JOIN_TIMEOUT)
+
+    @property
+    def writer(self) -> threading.Thread | None:
+        """The writer thread, once started (for tests and diagnostics)."""
+        return self._writer
 
     def __repr__(self) -> str:
         return f"Connection({self.role} {self.node_id} at {_fmt(self.address)})"

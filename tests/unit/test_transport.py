@@ -5,12 +5,14 @@ import ssl
 import struct
 import subprocess
 import threading
+import time
 
 import msgpack
 import pytest
 
+from broker import transport
 from broker.raft.messages import AppendRequest, Entry, TimeoutNow, VoteRequest, VoteResponse
-from broker.transport import FramedClient, HandshakeRejected, Transport
+from broker.transport import Connection, FramedClient, HandshakeRejected, Transport
 from broker.wire import (
     FrameDecoder,
     FrameType,
@@ -514,3 +516,109 @@ def test_response_type_is_checked_by_the_client(make_transport, closing):
                 client.recv_response()
     finally:
         t.join(5)
+
+
+# --- outbound queue of an accepted connection (issue 11) -------------------------
+
+
+@pytest.fixture
+def stuck_pair(closing):
+    """A Connection over a socketpair whose peer never reads (small buffers)."""
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        closing(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ours.settimeout(5)  # as Transport sets io_timeout: bounds a write that would block
+    conn = Connection(ours, ("127.0.0.1", 4242), Hello(CLUSTER, -1, 1, "client"))
+    closing(conn)
+    return conn, theirs
+
+
+def test_sends_never_block_and_a_peer_that_does_not_read_is_cut_off(
+    stuck_pair, monkeypatch, caplog
+):
+    caplog.set_level(logging.INFO, LOGGER)
+    monkeypatch.setattr(transport, "MAX_OUTBOUND_BYTES", 4 * 1024 * 1024)
+    conn, peer = stuck_pair
+    body = {"data": b"x" * 64 * 1024}
+    frame_size = len(encode_frame(Response(1, body)))
+    results, slowest = [], 0.0
+    deadline = time.monotonic() + 10
+    while (not results or results[-1]) and time.monotonic() < deadline:
+        t0 = time.monotonic()
+        results.append(conn.send_response(len(results) + 1, body))
+        slowest = max(slowest, time.monotonic() - t0)
+    # far more than the socket buffers hold was queued without waiting for the peer
+    assert results[-1] is False and all(results[:-1])
+    assert len(results) - 1 >= (4 * 1024 * 1024) // frame_size - 1
+    assert slowest < 0.5, f"a send took {slowest:.3f}s"
+    assert conn.closed
+    assert conn.send_response(0, {}) is False
+    wait_until(lambda: logged(caplog, "127.0.0.1:4242", "slow consumer:", "bytes of responses"))
+    conn.writer.join(5)  # it was blocked on the full socket: close() woke it
+    assert not conn.writer.is_alive()
+    # the peer reads what was written, then the end of the stream
+    peer.settimeout(5)
+    assert closed_by_server(peer)
+
+
+def test_frames_arrive_whole_and_in_order_once_the_peer_reads(stuck_pair):
+    conn, peer = stuck_pair
+    sent = [{"n": i, "pad": b"p" * (i * 97 % 5000)} for i in range(300)]
+    assert all(conn.send_response(i, body) for i, body in enumerate(sent))
+    decoder, got = FrameDecoder(), []
+    peer.settimeout(5)
+    while len(got) < len(sent):
+        data = peer.recv(65536)
+        assert data, "connection closed"
+        got.extend(decoder.feed(data))
+    assert got == [Response(i, body) for i, body in enumerate(sent)]
+    assert conn.writer.name.startswith("transport-") and conn.writer.name.endswith("-writer")
+
+
+@pytest.mark.parametrize("blocked", [False, True], ids=["idle", "blocked"])
+def test_close_ends_the_writer_thread(stuck_pair, blocked):
+    conn, _ = stuck_pair
+    assert conn.send_response(1, {"data": b"x" * (1 << 20 if blocked else 10)})
+    writer = conn.writer
+    assert writer is not None and writer.is_alive() and writer.daemon
+    if blocked:
+        wait_until(lambda: conn._out_bytes and not conn._out)  # taken by the writer
+    closer = threading.Thread(target=conn.close)  # not the reader: close() does not wait
+    t0 = time.monotonic()
+    closer.start()
+    closer.join(5)
+    writer.join(5)
+    assert not writer.is_alive()
+    assert time.monotonic() - t0 < 2
+    assert conn.send_response(2, {}) is False
+
+
+def test_a_tls_writer_blocked_on_a_peer_that_does_not_read_leaves_reads_flowing(
+    make_transport, tls_contexts, closing
+):
+    """OpenSSL is not thread-safe, so reads and writes share a lock: a writer must
+    not hold it while it waits for the peer to make room."""
+    server_ctx, client_ctx = tls_contexts
+    seen, conns = [], []
+    big = {"data": b"x" * 256 * 1024}
+
+    def handler(conn, req_id, body):
+        conns.append(conn)
+        seen.append(body["n"])
+        if body["big"]:
+            conn.send_response(req_id, big)
+
+    server = make_transport(1, on_request=handler, ssl_context=server_ctx, io_timeout=20)
+    client = FramedClient(HOST, server.port, CLUSTER, timeout=5, ssl_context=client_ctx)
+    closing(client)
+    client._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    for n in range(40):  # 10 MiB of answers that are never read
+        client.send_request({"n": n, "big": True})
+    wait_until(lambda: len(seen) == 40)
+    conn = conns[0]
+    wait_until(lambda: conn._out_bytes > 4 * 1024 * 1024)  # the writer is stuck
+    client.send_request({"n": 40, "big": False})
+    wait_until(lambda: len(seen) == 41, timeout=3)  # well within io_timeout
+    assert not conn.closed
