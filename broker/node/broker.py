@@ -266,6 +266,13 @@ class Broker:
         for pid in range(1, self.cfg.cluster.partitions_count + 1):
             self.gateway.control({"op": "_rebalance", "partition": pid}, timeout=2.0)
 
+    @property
+    def data_directory(self) -> str:
+        return self.cfg.data.directory
+
+    def send_gossip(self, node_id: int, payload) -> bool:
+        return self.internal.send_gossip(node_id, payload)
+
     def _on_gossip(self, src: int, payload) -> None:
         if self.link.on_message(src, payload):
             return

@@ -7,7 +7,9 @@ Each part gets only what it uses, not the whole ``Broker``:
 - ``leader_of(partition)`` (SWIM's member table): who leads a partition elsewhere;
 - ``Link`` (``InternalLink``): a request to another broker over the internal port;
 - ``Controls`` (``Gateway.control``): topology actions on a partition's leader,
-  wherever it runs.
+  wherever it runs;
+- ``MembershipView`` (SWIM's member table) and ``TopologyHost`` (the ``Broker``):
+  what the topology manager acts on.
 
 docs/architecture.md ("Seams") lists which module uses which.
 """
@@ -45,3 +47,29 @@ class Link(Protocol):
 
 class Controls(Protocol):
     def control(self, body: dict, timeout: float) -> Future: ...
+
+
+class MembershipView(Protocol):
+    members: Mapping[int, Any]  # node id -> Member (region, addresses, partitions)
+
+    def alive(self, node_id: int) -> bool: ...
+
+    def leader_of(self, partition_id: int) -> int | None: ...
+
+
+class TopologyHost(Protocol):
+    """What the topology manager carries changes out on: this broker's partitions
+    (started, stopped, reconfigured through their leaders) and its peers."""
+
+    node_id: int
+    data_directory: str
+    runners: dict[int, Any]  # live: the manager starts and stops partitions in it
+    peers: MembershipView | None  # None until SWIM has started
+
+    def ensure_partition(self, pid: int, replicas: dict[int, int]) -> None: ...
+
+    def reconfigure_partition(self, pid: int, replicas: dict[int, int]) -> bool: ...
+
+    def init_exporter(self, pid: int, exporter: str, source: str) -> bool: ...
+
+    def send_gossip(self, node_id: int, payload: Any) -> bool: ...

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from broker.fsutil import CorruptFileError, read_checked, write_checked
+from broker.node.seams import TopologyHost
 from broker.raft.messages import Configuration
 from broker.topology import model as t
 
@@ -37,10 +38,10 @@ def now_iso() -> str:
 
 
 class TopologyManager:
-    def __init__(self, broker, static_initial: Callable[[], t.ClusterConfig]):
-        self.broker = broker
-        self.node_id = broker.node_id
-        self.path = os.path.join(broker.cfg.data.directory, "topology.json")
+    def __init__(self, host: TopologyHost, static_initial: Callable[[], t.ClusterConfig]):
+        self.host = host
+        self.node_id = host.node_id
+        self.path = os.path.join(host.data_directory, "topology.json")
         self._lock = threading.RLock()
         # Starting and stopping partitions happens from the step thread and from
         # gossip; one at a time, or a partition being joined can be dropped midway.
@@ -103,13 +104,13 @@ class TopologyManager:
             self._adopt(cfg, f"gossip from node {src}")
 
     def broadcast(self) -> None:
-        peers = getattr(self.broker, "peers", None)
+        peers = self.host.peers
         if peers is None:
             return
         payload = {"topology": self.config.to_json()}
         for node_id in list(peers.members):
             if node_id != self.node_id:
-                self.broker.internal.send_gossip(node_id, payload)
+                self.host.send_gossip(node_id, payload)
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class TopologyManager:
         for op in cfg.pending_change.pending:
             if op.operation != t.PARTITION_FORCE_RECONFIGURE or self.node_id not in op.brokers:
                 continue
-            runner = self.broker.runners.get(op.partition_id)
+            runner = self.host.runners.get(op.partition_id)
             if runner is None or sorted(runner.status.get("voters", [])) == list(op.brokers):
                 continue
             prio = cfg.replicas(op.partition_id)
@@ -203,7 +204,7 @@ class TopologyManager:
         if name in (t.BROKER_ADD, t.BROKER_REMOVE, t.BROKER_FORCE_REMOVE):
             return True
         if name == t.PARTITION_ENABLE_EXPORTER and op.initialize_from:
-            return self.broker.init_exporter(op.partition_id, op.exporter_id, op.initialize_from)
+            return self.host.init_exporter(op.partition_id, op.exporter_id, op.initialize_from)
         if name in (t.PARTITION_ENABLE_EXPORTER, t.PARTITION_DISABLE_EXPORTER):
             return True  # the exporters follow the configuration once it is applied
         if name == t.PARTITION_FORCE_RECONFIGURE:
@@ -216,7 +217,7 @@ class TopologyManager:
             replicas.pop(op.broker_id, None)
         elif name == t.PARTITION_RECONFIGURE_PRIORITY:
             replicas[op.broker_id] = op.priority
-        committed = self.broker.reconfigure_partition(op.partition_id, replicas)
+        committed = self.host.reconfigure_partition(op.partition_id, replicas)
         if committed and name == t.PARTITION_LEAVE:
             self._drop_partition(op.partition_id, delete=True)
         return committed
@@ -225,10 +226,10 @@ class TopologyManager:
         want = list(op.brokers)
         for b in op.brokers:
             if b == self.node_id:
-                runner = self.broker.runners.get(op.partition_id)
+                runner = self.host.runners.get(op.partition_id)
                 voters = runner.status.get("voters") if runner else None
             else:
-                member = self.broker.peers.members.get(b)
+                member = self.host.peers.members.get(b)
                 info = member.partitions.get(op.partition_id) if member else None
                 voters = info.get("voters") if info else None
             if sorted(voters or []) != want:
@@ -260,14 +261,14 @@ class TopologyManager:
                     and op.broker_id == self.node_id
                 }
         for pid, replicas in sorted(wanted.items()):
-            self.broker.ensure_partition(pid, replicas)
-        for pid in list(self.broker.runners):
+            self.host.ensure_partition(pid, replicas)
+        for pid in list(self.host.runners):
             if pid not in wanted and pid not in in_motion:
                 self._drop_partition(pid, delete=me is not None and me.state == "LEFT")
 
     def _drop_partition(self, pid: int, delete: bool) -> None:
         with self._hosting:
-            runner = self.broker.runners.pop(pid, None)
+            runner = self.host.runners.pop(pid, None)
             if runner is None:
                 return
             runner.stop()
