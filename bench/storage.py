@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 import time
 import urllib.request
 
@@ -190,17 +191,29 @@ def _catch_up(root: str, total_mb: int) -> list[dict]:
         held = _rss_mb(c.procs[leader].pid)
         journal = os.path.join(c.data_dir(leader), "partitions", "1", "journal")
         log_mb = _du_mb(journal)
-        c.kill(follower)
-        shutil.rmtree(c.data_dir(follower))
-        c.start([follower])  # to "started": the process is up before the clock starts
-        t0 = time.perf_counter()
-        wait_for(
-            lambda: _partition(c, follower).get("processedPosition") == count,
-            600,
-            "the wiped follower to catch up",
-            interval=0.02,
-        )
-        took = time.perf_counter() - t0
+        with BrokerClient(c.gateways([leader]), timeout=30) as client:
+            before = _probe(client, lambda: False, seconds=2.0)
+            c.kill(follower)
+            shutil.rmtree(c.data_dir(follower))
+            c.start([follower])  # to "started": the process is up before the clock starts
+            t0 = time.perf_counter()
+            caught_up = threading.Event()
+            during: list[float] = []
+            prober = threading.Thread(
+                target=lambda: during.extend(_probe(client, caught_up.is_set, seconds=600))
+            )
+            prober.start()
+            try:
+                wait_for(
+                    lambda: (_partition(c, follower).get("processedPosition") or 0) >= count,
+                    600,
+                    "the wiped follower to catch up",
+                    interval=0.02,
+                )
+            finally:
+                took = time.perf_counter() - t0
+                caught_up.set()
+                prober.join()
         return [
             {
                 "case": "exporter paused: log kept, leader RSS idle -> after",
@@ -210,7 +223,29 @@ def _catch_up(root: str, total_mb: int) -> list[dict]:
                 "case": "wiped follower catch-up, whole log",
                 "value": f"{log_mb:,.0f} MB in {took:.2f} s = {log_mb / took:,.1f} MB/s",
             },
+            {
+                "case": "append latency before -> during that catch-up",
+                "value": f"median {_ms(before, 50)} -> {_ms(during, 50)}, "
+                f"p99 {_ms(before, 99)} -> {_ms(during, 99)} ({len(during)} appends during)",
+            },
         ]
+
+
+def _probe(client: BrokerClient, stop, seconds: float) -> list[float]:
+    """One small append at a time until ``stop()`` or ``seconds``: the latencies."""
+    out, end = [], time.perf_counter() + seconds
+    while not stop() and time.perf_counter() < end:
+        t = time.perf_counter()
+        client.append(b"probe", 1)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _ms(values: list[float], pct: int) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[min(len(ordered) - 1, len(ordered) * pct // 100)] * 1000:.1f} ms"
 
 
 def _post(url: str) -> None:
