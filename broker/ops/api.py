@@ -178,14 +178,14 @@ class ManagementApi:
         return self.request("PATCH", "/actuator/cluster", body, dryRun=dry_run)
 
     def disable_exporter(self, exporter: str, *, dry_run: bool = False) -> dict:
-        path = f"/actuator/exporters/{urllib.parse.quote(exporter)}/disable"
+        path = f"/actuator/exporters/{urllib.parse.quote(exporter, safe='')}/disable"
         return self.request("POST", path, dryRun=dry_run)
 
     def enable_exporter(
         self, exporter: str, initialize_from: str | None = None, *, dry_run: bool = False
     ) -> dict:
         body = {"initializeFrom": initialize_from} if initialize_from else None
-        path = f"/actuator/exporters/{urllib.parse.quote(exporter)}/enable"
+        path = f"/actuator/exporters/{urllib.parse.quote(exporter, safe='')}/enable"
         return self.request("POST", path, body, dryRun=dry_run)
 
     def pause_exporting(self) -> None:
@@ -193,6 +193,60 @@ class ManagementApi:
 
     def resume_exporting(self) -> None:
         self.request("POST", "/actuator/exporting/resume")
+
+
+class FirstAnswering(ManagementApi):
+    """The management APIs of several brokers, as one: each request goes to the first
+    URL that answers (brokerctl's ``--management URL,URL``).
+
+    An HTTP error answer counts as an answer (it is the cluster's reply) and is
+    raised as ApiError. A request that could not be delivered moves on to the next
+    URL; so does a read that got no answer, but a change that got none raises
+    NoAnswer rather than being sent again elsewhere. When no URL answers, an
+    Unreachable whose ``message`` lists every URL and why. The URL that answered
+    is tried first from then on; ``url`` is the one tried last.
+    """
+
+    def __init__(
+        self,
+        urls: Iterable[str],
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        token: str | None = None,
+        form: str = DEFAULT_FORM,
+    ):
+        self.urls = [u.rstrip("/") for u in urls]
+        if not self.urls:
+            raise ValueError("no management URL given")
+        super().__init__(self.urls[0], timeout=timeout, token=token, form=form)
+
+    def __repr__(self) -> str:
+        return f"FirstAnswering({self.urls!r}, form={self.form!r})"
+
+    def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
+        failures = []
+        for url in list(self.urls):
+            self.url = url
+            try:
+                doc = super().request(method, path, body, **query)
+            except NoAnswer as exc:  # delivered, but no answer: a change may have been applied
+                if method != "GET":
+                    raise
+                failures.append(f"{url}: {exc.message}")
+                continue
+            except Unreachable as exc:  # not delivered (refused, no route): the next one
+                failures.append(f"{url}: {exc.message}")
+                continue
+            except ApiError:  # the cluster's answer, a refusal
+                self._prefer(url)
+                raise
+            self._prefer(url)
+            return doc
+        raise Unreachable(method, path, "; ".join(failures))
+
+    def _prefer(self, url: str) -> None:
+        self.urls.remove(url)
+        self.urls.insert(0, url)
 
 
 def count_operations(ops: list[dict]) -> str:

@@ -14,7 +14,8 @@ import pytest
 
 from broker.cli import brokerctl_main
 from broker.ctl import printable
-from tests.unit.test_client import HOST, FakeGateway
+from tests.unit.test_client import HOST, FakeGateway, topology_document
+from tests.unit.test_layers import MODULES, imports
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_OPTIONS = ("BROKER_ADDRESS", "BROKER_MANAGEMENT", "BROKER_MANAGEMENT_TOKEN")
@@ -337,6 +338,17 @@ def test_status_shows_every_broker_and_partition(brokerctl, gateway):
     assert out.count("LEADER") == 2
     assert "unhealthy" in out
     assert "Partitions without a leader: 3" in out
+
+
+def test_status_counts_only_live_leaders(ctl, gateway):
+    """A dead broker's last leader claim lingers in the topology; it leads nothing."""
+    topology = topology_document(gateway.transport.port)
+    topology["brokers"][0]["alive"] = False  # it led partition 1
+    gateway.answer_topology = topology
+    code, out, err = ctl("status")
+    assert (code, err) == (0, "")
+    assert out.count("LEADER") == 2  # the table still shows what each broker reported
+    assert "Partitions without a leader: 1, 3" in out
 
 
 def test_status_json_is_the_topology_document(brokerctl):
@@ -703,3 +715,11 @@ def test_force_remove_refused_by_the_reachable_guard_names_the_cli_override(ctl,
     assert (
         err == f"brokerctl: HTTP 400: {message} (brokerctl: --allow-removing-reachable-brokers)\n"
     )
+
+
+def test_ops_does_not_import_brokerctl():
+    """brokerctl builds on broker.ops (its management client, its views), not the reverse."""
+    for name, path in MODULES.items():
+        if name == "broker.ops" or name.startswith("broker.ops."):
+            wrong = sorted(m for m in imports(name, path) if m.split(".")[:2] == ["broker", "ctl"])
+            assert not wrong, f"{name} imports {wrong}"
