@@ -20,6 +20,7 @@ cgroups, overlays by their mount source (``brk-r0-h0``), ``/run/systemd/nspawn/p
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shlex
 import signal
@@ -349,13 +350,25 @@ def _rmtree_propagate(name: str) -> None:
 def kill_hosts(names: list[str] | None, grace: float, timeout: float = 15.0) -> int:
     """Stop hosts (all the lab's when ``names`` is None): SIGTERM to each nspawn (the host
     powers off cleanly), SIGKILL to whatever is left after ``grace``; until the cgroups are
-    empty."""
+    empty and every process met has finished exiting.
+
+    Processes that entered a host from outside (``nsenter -t <its init>``, as
+    ``Lab.spawn`` does) are killed at once: such an nsenter stops itself when its
+    child in the host is stopped (the host's shutdown freezes every process), and
+    then never reaps it, so the host's init would wait for that child forever."""
     tops = names if names is not None else host_names()
+    inits = {pid for n in tops if (pid := init_pid(n)) is not None}
     start = time.monotonic()
     killed: set[int] = set()
     seen: dict[int, str] = {}  # every process met, with its start time (pids are reused)
     termed = False
     while True:
+        for pid in _entering(inits):
+            seen.setdefault(pid, _start_time(pid))
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGCONT)  # a stopped process dies once continued
+                killed.add(pid)
         pids = [p for n in tops for p in cgroup_pids(n) if p != os.getpid()]
         for pid in pids:
             seen.setdefault(pid, _start_time(pid))
@@ -366,7 +379,10 @@ def kill_hosts(names: list[str] | None, grace: float, timeout: float = 15.0) -> 
         pids += exiting
         elapsed = time.monotonic() - start
         if elapsed > timeout:
-            raise LabError(f"lab hosts {', '.join(tops)}: processes survive SIGKILL: {pids}")
+            raise LabError(
+                f"lab hosts {', '.join(tops)}: processes survive SIGKILL: "
+                + "; ".join(_describe(p) for p in pids)
+            )
         if elapsed < grace:
             if not termed:  # nspawn forwards SIGTERM as a clean poweroff of the host
                 for pid in pids:
@@ -389,6 +405,44 @@ def _stat_fields(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return []
+
+
+def _entering(inits: set[int]) -> list[int]:
+    """nsenter processes that target one of ``inits`` (``-t PID`` / ``--target PID``)."""
+    if not inits:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != b"nsenter":
+            continue
+        for flag, value in itertools.pairwise(argv):
+            if flag in (b"-t", b"--target") and value.isdigit() and int(value) in inits:
+                found.append(int(entry))
+                break
+    return found
+
+
+def _describe(pid: int) -> str:
+    """``pid (name, state, parent, cgroup)`` for an error message."""
+    try:
+        status = dict(
+            line.split(":\t", 1)
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+            if ":\t" in line
+        )
+        cgroup = Path(f"/proc/{pid}/cgroup").read_text().split("\n", 1)[0]
+    except OSError:
+        return f"{pid} (gone)"
+    return (
+        f"{pid} ({status.get('Name', '?').strip()}, {status.get('State', '?').strip()}, "
+        f"parent {status.get('PPid', '?').strip()}, {cgroup})"
+    )
 
 
 def _start_time(pid: int) -> str:
