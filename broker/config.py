@@ -31,13 +31,7 @@ Duration = Annotated[float, "duration"]  # seconds
 Size = Annotated[int, "size"]  # bytes
 
 EXPORTER_TYPES = ("file", "http")
-TLS_NOT_IMPLEMENTED = (
-    "TLS is not implemented yet in this version (the broker would serve plaintext); set it to false"
-)
-TLS_NOT_IMPLEMENTED_FILES = (
-    "TLS is not implemented yet in this version, so no certificate, key or CA is read; "
-    "leave it null"
-)
+TLS_CLIENT_AUTH = ("none", "optional", "required")
 ENV_PREFIX = "BROKER_"
 
 DURATION_HELP = (
@@ -165,6 +159,7 @@ class TlsConfig:
     certificate: str | None = None
     private_key: str | None = None
     ca: str | None = None
+    client_auth: str = "none"  # gateway and management clients: none|optional|required
 
 
 @dataclass(frozen=True)
@@ -678,10 +673,41 @@ def _validate(cfg: BrokerConfig, fail) -> None:
             allowed = "an http:// or https:// URL"
         need(ok, f"{path}.args.{arg}", repr(value), allowed)
 
-    # Refuse rather than serve plaintext to someone who asked for TLS.
-    need(not t.enabled, "security.tls.enabled", "true", TLS_NOT_IMPLEMENTED)
-    for key, value in (("certificate", t.certificate), ("privateKey", t.private_key), ("ca", t.ca)):
-        need(value is None, f"security.tls.{key}", repr(value), TLS_NOT_IMPLEMENTED_FILES)
+    need(
+        t.client_auth in TLS_CLIENT_AUTH,
+        "security.tls.clientAuth",
+        repr(t.client_auth),
+        f"one of {', '.join(TLS_CLIENT_AUTH)}",
+    )
+    if t.enabled:
+        # Refuse rather than serve plaintext to someone who asked for TLS.
+        for key, value in (
+            ("certificate", t.certificate),
+            ("privateKey", t.private_key),
+            ("ca", t.ca),
+        ):
+            need(
+                value is not None and value.strip() != "",
+                f"security.tls.{key}",
+                repr(value),
+                "a PEM file path (needed when security.tls.enabled is true)",
+            )
+
+
+def check_tls_files(cfg: BrokerConfig) -> None:
+    """Load the certificate, key and CA the way the broker will; ConfigError names the key.
+
+    Not part of ``validate``: a config is also checked where its files do not
+    live (on the controller); the broker and ``broker config check`` call this."""
+    from broker.tls import TlsSetupError, broker_contexts
+
+    t = cfg.security.tls
+    if not t.enabled:
+        return
+    try:
+        broker_contexts(t.certificate, t.private_key, t.ca, t.client_auth)
+    except TlsSetupError as e:
+        raise ConfigError(f"config error: {e}", key=e.key) from None
 
 
 def _dump(hint: Any, value: Any) -> Any:
@@ -730,6 +756,7 @@ def main_check(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config)
+        check_tls_files(cfg)
     except ConfigError as e:
         print(e, file=sys.stderr)
         return e.exit_code

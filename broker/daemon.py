@@ -27,16 +27,20 @@ import time
 import urllib.error
 import urllib.request
 
-from broker.config import BrokerConfig, ConfigError, load_config, parse_size
+from broker.config import BrokerConfig, ConfigError, check_tls_files, load_config, parse_size
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
 DEFAULT_LOG_MAX_SIZE = "64MB"
 DEFAULT_LOG_KEEP = 5
 
 
-def _load(path: str | None) -> BrokerConfig:
+def _load(path: str | None, *, serving: bool = False) -> BrokerConfig:
+    """The config; ``serving`` also loads its TLS files (to run or start a broker)."""
     try:
-        return load_config(path)
+        cfg = load_config(path)
+        if serving:
+            check_tls_files(cfg)
+        return cfg
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         raise SystemExit(exc.exit_code) from None
@@ -103,7 +107,7 @@ def run(
 ) -> int:
     """The broker in the foreground; logs to stderr (systemd's journal) or, with
     ``log_file``, to a file rotated at ``log_max_size`` keeping ``log_keep`` old ones."""
-    cfg = _load(config)
+    cfg = _load(config, serving=True)
     handlers: list[logging.Handler] | None = None
     if log_file:
         try:
@@ -129,6 +133,11 @@ def run(
         signal.signal(sig, lambda *_: stop.set())
     try:
         broker.start()
+    except ConfigError as exc:  # e.g. a TLS file that cannot be loaded
+        print(exc, file=sys.stderr)
+        logging.getLogger("broker").error("cannot start: %s", exc)
+        broker.stop()
+        return exc.exit_code
     except OSError as exc:
         logging.getLogger("broker").error("cannot start: %s", exc)
         broker.stop()
@@ -144,7 +153,7 @@ def start(
     log_max_size: str | int = DEFAULT_LOG_MAX_SIZE,
     log_keep: int = DEFAULT_LOG_KEEP,
 ) -> int:
-    cfg = _load(config)
+    cfg = _load(config, serving=True)
     try:
         log_rotation(log_max_size, log_keep)
     except ValueError as exc:

@@ -25,6 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from broker.tls import certified_node, describe_failure
 from broker.wire import (
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -56,6 +57,12 @@ MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 WRITE_BATCH_BYTES = 1024 * 1024  # the writer joins queued frames into writes of about this
 TLS_WRITE_CHUNK = 16 * 1024  # one TLS record: the unit of a non-blocking TLS write
 WRITER_JOIN_TIMEOUT = 2.0  # how long a closing reader waits for its writer
+# Before its handshake is done a connection may send only a HELLO: a small frame.
+HELLO_MAX_FRAME = 4096
+# A frame must arrive whole within this many seconds of its first byte, so that a
+# peer dripping bytes cannot hold a connection (and its thread) forever.
+FRAME_TIMEOUT = 30.0
+LOG_EVERY = 10.0  # repeated refusals of the same kind are logged at most this often
 # A RAFT body is an array header (at most 5 bytes) followed by the packed items.
 _ARRAY_HEADER_MAX = 5
 
@@ -67,6 +74,7 @@ STATS = (
     "frames_received",
     "raft_received",
     "connection_errors",  # failed handshakes, protocol errors, lost connections
+    "connections_refused",  # over max_connections, or failed authentication
 )
 
 RaftHandler = Callable[[int, list[tuple[int, Any]]], None]
@@ -78,6 +86,28 @@ class HandshakeRejected(ConnectionError):
     def __init__(self, reason: str):
         super().__init__(f"handshake rejected: {reason}")
         self.reason = reason
+
+
+class _Throttled:
+    """Logs a kind of refusal at most once per ``LOG_EVERY`` seconds, with the
+    count of those left unlogged, so that a flood cannot flood the log."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._quiet: Counter[str] = Counter()
+
+    def log(self, kind: str, level: int, message: str, *args) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(kind, -LOG_EVERY) < LOG_EVERY:
+                self._quiet[kind] += 1
+                return
+            self._last[kind] = now
+            quiet = self._quiet.pop(kind, 0)
+        if quiet:
+            message += f" (and {quiet} more like it not logged)"
+        log.log(level, message, *args)
 
 
 def _fmt(address) -> str:
@@ -301,11 +331,25 @@ class Transport:
         io_timeout: float = 10.0,
         handshake_timeout: float = 5.0,
         backoff: tuple[float, float] = (0.05, 2.0),
+        authenticate_peers: bool = False,
+        max_connections: int = 1024,
+        idle_timeout: float | None = None,
+        frame_timeout: float = FRAME_TIMEOUT,
     ):
         """``ssl_context`` serves inbound connections and, unless
         ``client_ssl_context`` is given, also dials peers. ``io_timeout``
         bounds a blocked write; ``backoff`` is the (first, maximum) delay
-        between reconnect attempts."""
+        between reconnect attempts.
+
+        ``authenticate_peers`` (mutual TLS): every connection, either way,
+        must present a certificate of this cluster naming a node, and a peer's
+        HELLO must claim the node its certificate names. ``handshake_timeout``
+        bounds the whole handshake (TLS and HELLO); ``max_connections`` caps
+        the inbound connections open at once; ``idle_timeout`` closes a client
+        connection that sent no frame for that long; ``frame_timeout`` bounds
+        how long one frame may take to arrive."""
+        if authenticate_peers and (ssl_context is None or client_ssl_context is None):
+            raise ValueError("authenticate_peers needs server and client TLS contexts")
         self.node_id = node_id
         self.cluster_name = cluster_name
         self.host = host
@@ -321,6 +365,13 @@ class Transport:
         self.io_timeout = io_timeout
         self.handshake_timeout = handshake_timeout
         self.backoff = backoff
+        self.authenticate_peers = authenticate_peers
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.frame_timeout = frame_timeout
+        self._throttled = _Throttled()
+        # connection number -> (deadline, socket) while its handshake runs
+        self._handshaking: dict[int, tuple[float, socket.socket]] = {}
 
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -430,6 +481,22 @@ class Transport:
         peer = self._peers.get(node_id)
         return peer is not None and peer.connected
 
+    def identify(self, host: str, port: int, timeout: float) -> int:
+        """The node id of whoever listens on ``host:port``, by a client handshake
+        made the way this node dials peers (with TLS, authenticated by its
+        certificate). Raises HandshakeRejected, ProtocolError or OSError."""
+        sock, node_id = connect_client(
+            (host, port), self.cluster_name, timeout, FrameDecoder(HELLO_MAX_FRAME), self.client_ssl
+        )
+        try:
+            if self.authenticate_peers and certified_node(sock, self.cluster_name) != node_id:
+                raise ProtocolError(
+                    f"{host}:{port} answered as node {node_id} without its certificate"
+                )
+        finally:
+            sock.close()
+        return node_id
+
     def send_raft(self, node_id: int, partition_id: int, msg) -> bool:
         """Queue ``msg`` for ``node_id``; False if it was dropped at once."""
         return self._enqueue(node_id, (partition_id, msg))
@@ -449,6 +516,7 @@ class Transport:
     def _accept_loop(self) -> None:
         listener = self._listener
         while not self._stopping.is_set():
+            self._expire_handshakes()
             try:
                 sock, address = listener.accept()
             except TimeoutError:
@@ -463,10 +531,45 @@ class Transport:
                 if self._stopping.is_set():
                     sock.close()
                     return
-                number = next(self._conn_numbers)
-                self._inbound[number] = sock
-                name = f"transport-{self.node_id}-conn-{_fmt(address)}"
-                self._spawn(self._serve, name, sock, address, number)
+                full = len(self._inbound) >= self.max_connections
+                if not full:
+                    number = next(self._conn_numbers)
+                    self._inbound[number] = sock
+                    deadline = time.monotonic() + self.handshake_timeout
+                    self._handshaking[number] = (deadline, sock)
+                    name = f"transport-{self.node_id}-conn-{_fmt(address)}"
+                    self._spawn(self._serve, name, sock, address, number)
+            if full:
+                self._count(connections_refused=1)
+                self._throttled.log(
+                    "full",
+                    logging.WARNING,
+                    "node %d: refusing connection from %s on port %d: %d connections open, "
+                    "the most allowed",
+                    self.node_id,
+                    _fmt(address),
+                    self.port,
+                    self.max_connections,
+                )
+                sock.close()
+
+    def _expire_handshakes(self) -> None:
+        """Shut down connections whose whole handshake overran its deadline
+        (a per-read timeout alone lets a peer drip bytes forever)."""
+        now = time.monotonic()
+        with self._lock:
+            late = [n for n, (deadline, _) in self._handshaking.items() if deadline <= now]
+            socks = [self._handshaking.pop(n)[1] for n in late]
+        for sock in socks:
+            self._count(connection_errors=1)
+            self._throttled.log(
+                "slow-handshake",
+                logging.WARNING,
+                "node %d: closing a connection whose handshake took over %.1f s",
+                self.node_id,
+                self.handshake_timeout,
+            )
+            _shutdown(sock)
 
     def _serve(self, sock: socket.socket, address, number: int) -> None:
         peer = _fmt(address)
@@ -480,11 +583,20 @@ class Transport:
                 )
                 with self._lock:
                     self._inbound[number] = sock  # the raw socket was detached
-                sock.do_handshake()
-            decoder = FrameDecoder(self.max_frame_size)
+                    if number in self._handshaking:
+                        self._handshaking[number] = (self._handshaking[number][0], sock)
+                try:
+                    sock.do_handshake()
+                except ssl.SSLError as e:
+                    self._refuse_tls(peer, e)
+                    return
+            decoder = FrameDecoder(min(self.max_frame_size, HELLO_MAX_FRAME))
             hello = self._handshake(sock, decoder, peer)
-            if hello is None:
+            with self._lock:
+                in_time = self._handshaking.pop(number, None) is not None
+            if hello is None or not in_time:
                 return
+            decoder.max_frame_size = self.max_frame_size
             conn = Connection(sock, address, hello)
             sock.settimeout(self.io_timeout)
             self._read_loop(conn, decoder)
@@ -499,7 +611,20 @@ class Transport:
                 conn.close()
             with self._lock:
                 self._inbound.pop(number, None)
+                self._handshaking.pop(number, None)
             sock.close()
+
+    def _refuse_tls(self, peer: str, error: ssl.SSLError) -> None:
+        self._count(connection_errors=1)
+        self._throttled.log(
+            "tls",
+            logging.WARNING,
+            "node %d: refused a connection from %s on TLS port %d: %s",
+            self.node_id,
+            peer,
+            self.port,
+            describe_failure(error),
+        )
 
     def _handshake(self, sock: socket.socket, decoder: FrameDecoder, peer: str) -> Hello | None:
         try:
@@ -513,6 +638,24 @@ class Transport:
         if reason:
             self._reject(sock, peer, reason)
             return None
+        if self.authenticate_peers:
+            certified = certified_node(sock, self.cluster_name)
+            if certified is None or (hello.role == ROLE_PEER and hello.node_id != certified):
+                # The details go to our log only; the other side learns nothing.
+                self._count(connections_refused=1)
+                self._throttled.log(
+                    "auth",
+                    logging.WARNING,
+                    "node %d: refused %s claiming %s %d: its certificate names %s",
+                    self.node_id,
+                    peer,
+                    hello.role,
+                    hello.node_id,
+                    "no node of this cluster" if certified is None else f"node {certified}",
+                )
+                with contextlib.suppress(OSError):
+                    sock.sendall(encode_frame(HelloReject("authentication failed")))
+                return None
         sock.sendall(encode_frame(HelloOk(self.node_id)))
         log.debug("node %d accepted %s %d from %s", self.node_id, hello.role, hello.node_id, peer)
         return hello
@@ -524,10 +667,8 @@ class Transport:
                 f"{PROTOCOL_VERSION}, got {hello.version}"
             )
         if hello.cluster != self.cluster_name:
-            return (
-                f"cluster name mismatch: node {self.node_id} is in {self.cluster_name!r}, "
-                f"got {hello.cluster!r}"
-            )
+            # Never say which cluster this is: the name is what strangers lack.
+            return f"cluster name mismatch: not a member of cluster {hello.cluster!r}"
         if (hello.role == ROLE_PEER) != (hello.node_id >= 0):
             return f"invalid node id {hello.node_id} for role {hello.role}"
         return None
@@ -540,10 +681,26 @@ class Transport:
 
     def _read_loop(self, conn: Connection, decoder: FrameDecoder) -> None:
         data = b""  # frames pipelined behind the HELLO may already be buffered
+        last_frame = partial_since = time.monotonic()
+        idle_limit = self.idle_timeout if conn.role == ROLE_CLIENT else None
         while True:
+            now = time.monotonic()
             for frame in decoder.feed(data):
+                last_frame = now
                 self._dispatch(conn, frame)
             if self._stopping.is_set() or conn.closed:
+                return
+            if not decoder.pending:
+                partial_since = now
+            elif now - partial_since > self.frame_timeout:
+                raise ProtocolError(
+                    f"a frame took over {self.frame_timeout:g} s to arrive "
+                    f"({decoder.pending} bytes so far)"
+                )
+            if idle_limit is not None and now - last_frame > idle_limit:
+                log.info(
+                    "closing connection from %s: idle for %.0f s", _fmt(conn.address), idle_limit
+                )
                 return
             try:
                 data = conn.recv()
@@ -680,6 +837,19 @@ class _Peer:
                 raise ProtocolError(f"expected HELLO_OK, got {reply.TYPE.name}")
             if reply.node_id != self.node_id:
                 raise ProtocolError(f"answered as node {reply.node_id}, expected {self.node_id}")
+            if t.authenticate_peers:
+                certified = certified_node(sock, t.cluster_name)
+                if certified != self.node_id:
+                    named = "no node of this cluster" if certified is None else f"node {certified}"
+                    raise ProtocolError(f"its certificate names {named}, not node {self.node_id}")
+        except ssl.SSLError as e:
+            if not self.retired:
+                t._count(connection_errors=1)
+                self._failed(f"TLS handshake failed: {describe_failure(e)}")
+            with self.cond:
+                self.sock = None
+            sock.close()
+            return None
         except (OSError, ValueError, ProtocolError) as e:
             if not self.retired:
                 t._count(connection_errors=1)
@@ -794,7 +964,9 @@ def connect_client(
 ) -> tuple[socket.socket, int]:
     """Connect and do the client handshake; returns the socket and the node's id.
 
-    Raises HandshakeRejected (with the node's reason), ProtocolError or OSError.
+    With TLS the node's certificate must name the host dialed (unless the
+    context does not check host names). Raises HandshakeRejected (with the node's reason),
+    ProtocolError, ssl.SSLError (see broker.tls.describe_failure) or OSError.
     """
     sock = socket.create_connection(address, timeout=timeout)
     try:

@@ -13,7 +13,7 @@ import os
 import threading
 
 from broker import __version__
-from broker.config import BrokerConfig, dual_region_warnings
+from broker.config import BrokerConfig, ConfigError, dual_region_warnings
 from broker.diskspace import DiskSpaceMonitor
 from broker.metrics import BrokerMetrics
 from broker.node import topology_api
@@ -27,10 +27,18 @@ from broker.node.topology import TopologyManager, now_iso
 from broker.peers import Member
 from broker.raft.core import RaftConfig
 from broker.raft.messages import Configuration
+from broker.tls import BrokerTls, TlsSetupError, broker_contexts
 from broker.topology import model as tmodel
 from broker.transport import Transport
 
 log = logging.getLogger(__name__)
+
+# Inbound connections open at once per port (each costs a reader thread): peers
+# and tools on the internal port; clients on the gateway, whose idle ones are
+# closed after CLIENT_IDLE_TIMEOUT (the Python client reconnects when it needs to).
+INTERNAL_MAX_CONNECTIONS = 256
+GATEWAY_MAX_CONNECTIONS = 1024
+CLIENT_IDLE_TIMEOUT = 600.0
 
 
 def raft_settings(cfg: BrokerConfig) -> tuple[RaftConfig, float]:
@@ -72,8 +80,18 @@ class Broker:
 
     # --- lifecycle -------------------------------------------------------------
 
+    def _tls_contexts(self) -> BrokerTls | None:
+        t = self.cfg.security.tls
+        if not t.enabled:
+            return None
+        try:
+            return broker_contexts(t.certificate, t.private_key, t.ca, t.client_auth)
+        except TlsSetupError as e:
+            raise ConfigError(f"config error: {e}", key=e.key) from None
+
     def start(self) -> None:
         cfg, c = self.cfg, self.cfg.cluster
+        tls = self._tls_contexts()  # before anything binds or writes: a bad file stops us
         for warning in dual_region_warnings(cfg):
             log.warning("%s", warning)
         os.makedirs(cfg.data.directory, exist_ok=True)
@@ -91,6 +109,10 @@ class Broker:
             on_raft=self._on_raft,
             on_gossip=self._on_gossip,
             max_frame_size=cfg.network.max_frame_size,
+            ssl_context=tls and tls.internal_server,
+            client_ssl_context=tls and tls.internal_client,
+            authenticate_peers=tls is not None,
+            max_connections=INTERNAL_MAX_CONNECTIONS,
         )
         self.link = InternalLink(self.node_id, self.internal.send_gossip)
         self.gateway = Gateway(
@@ -116,6 +138,9 @@ class Broker:
             on_raft=self._refuse_raft,
             on_request=self.gateway.handle,
             max_frame_size=cfg.network.max_frame_size,
+            ssl_context=tls and tls.gateway,
+            max_connections=GATEWAY_MAX_CONNECTIONS,
+            idle_timeout=CLIENT_IDLE_TIMEOUT,
         )
         self.internal.start()
         self.gateway_transport.start()

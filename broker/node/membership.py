@@ -22,7 +22,8 @@ import msgpack
 
 from broker.membership.swim import DEAD, META, MalformedMessage, Swim, SwimConfig
 from broker.peers import Member
-from broker.transport import FramedClient, HandshakeRejected
+from broker.transport import HandshakeRejected
+from broker.wire import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -232,10 +233,12 @@ class SwimMembership:
     def _resolve(self, cp: str) -> None:
         host, _, port = cp.rpartition(":")
         try:
-            with FramedClient(host, int(port), self.cluster_name, timeout=0.5) as c:
-                node_id = c.node_id
+            node_id = self.transport.identify(host, int(port), timeout=0.5)
         except HandshakeRejected as exc:
             log.error("contact point %s refused us: %s", cp, exc)
+            return
+        except ProtocolError as exc:
+            log.error("contact point %s: %s", cp, exc)
             return
         except (OSError, ValueError):
             return  # not up yet; try again next round

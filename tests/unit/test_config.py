@@ -250,6 +250,7 @@ def test_to_dict_round_trips_through_yaml(tmp_path):
         "certificate": None,
         "privateKey": None,
         "ca": None,
+        "clientAuth": "none",
     }
     again = load_config(write(tmp_path, yaml.safe_dump(dumped), "again.yaml"), {})
     assert again == cfg
@@ -637,19 +638,19 @@ TLS_CERT = {"certificate": "/c.pem", "privateKey": "/k.pem"}
         ({"exporters": {"r0": {"args": {"path": "/x"}}}}, "exporters.r0.type is missing"),
         (
             {"security": {"tls": {"enabled": True, **TLS_CERT}}},
-            "security.tls.enabled = true: TLS is not implemented yet in this version",
+            "security.tls.ca = None: a PEM file path (needed when security.tls.enabled is true)",
         ),
         (
-            {"security": {"tls": {"certificate": "/c.pem"}}},
-            "security.tls.certificate = '/c.pem': TLS is not implemented yet in this version",
+            {"security": {"tls": {"enabled": True, "ca": "/ca.pem"}}},
+            "security.tls.certificate = None: a PEM file path",
         ),
         (
-            {"security": {"tls": {"privateKey": "/k.pem"}}},
-            "security.tls.privateKey = '/k.pem': TLS is not implemented yet in this version",
+            {"security": {"tls": {"enabled": True, "ca": "/ca.pem", "certificate": "/c.pem"}}},
+            "security.tls.privateKey = None: a PEM file path",
         ),
         (
-            {"security": {"tls": {"ca": "/ca.pem"}}},
-            "security.tls.ca = '/ca.pem': TLS is not implemented yet in this version",
+            {"security": {"tls": {"clientAuth": "sometimes"}}},
+            "security.tls.clientAuth = 'sometimes': one of none, optional, required",
         ),
     ],
 )
@@ -716,7 +717,8 @@ def test_type_errors_name_key_value_and_allowed(data, message):
         ),
         (
             {"security": {"tls": {"zzz": 1}}},
-            "security.tls.zzz: unknown key; known keys here: enabled, certificate, privateKey, ca",
+            "security.tls.zzz: unknown key; known keys here: "
+            "enabled, certificate, privateKey, ca, clientAuth",
         ),
     ],
 )
@@ -877,11 +879,12 @@ def test_module_says_ok_on_a_good_config(tmp_path):
 @pytest.mark.parametrize(
     "command", [["config", "check"], ["run"], ["start"]], ids=["config-check", "run", "start"]
 )
-def test_tls_enabled_refuses_to_start_rather_than_serve_plaintext(tmp_path, command):
-    """Until TLS is implemented, asking for it stops the broker before it binds a port."""
+def test_tls_files_that_cannot_be_loaded_stop_the_broker_before_it_binds(tmp_path, command):
+    """TLS asked for but impossible: exit 2 naming the key, rather than serve plaintext."""
     text = (
         f"data: {{directory: {tmp_path / 'data'}}}\n"
-        "security:\n  tls: {enabled: true, certificate: null}\n"
+        "security:\n  tls: {enabled: true, certificate: /nonexistent/cert.pem,\n"
+        "    privateKey: /nonexistent/key.pem, ca: /nonexistent/ca.pem}\n"
     )
     path = write(tmp_path, text)
     env = {k: v for k, v in os.environ.items() if not k.startswith("BROKER_")}
@@ -896,13 +899,13 @@ def test_tls_enabled_refuses_to_start_rather_than_serve_plaintext(tmp_path, comm
     assert result.returncode == 2, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("config error: security.tls.enabled = true")
-    assert "TLS is not implemented yet in this version" in lines[0]
+    assert lines[0] == (
+        "config error: security.tls.certificate: cannot read /nonexistent/cert.pem: no such file"
+    )
     assert not (tmp_path / "data").exists()  # nothing started, nothing written
 
 
-def test_tls_enabled_from_the_environment_is_refused_too():
+def test_tls_enabled_from_the_environment_needs_its_files():
     err = config_error(env={"BROKER_SECURITY_TLS_ENABLED": "true"})
-    assert err.key == "security.tls.enabled"
-    assert "(from BROKER_SECURITY_TLS_ENABLED)" in str(err)
-    assert "TLS is not implemented yet" in str(err)
+    assert err.key == "security.tls.certificate"
+    assert "needed when security.tls.enabled is true" in str(err)

@@ -4,9 +4,7 @@ does something.
 "Does something" is checked, not assumed: a real broker is started in this process with a
 configuration built beforehand, while every read of a configuration field is recorded
 together with the code that made it. A documented key passes when broker code outside
-broker/config.py reads its field (validation alone is not an effect), or when it is one
-of the few keys whose documented effect is a refusal at start (TLS, not implemented yet),
-and that refusal is checked here too.
+broker/config.py reads its field (validation alone is not an effect).
 """
 
 from __future__ import annotations
@@ -24,8 +22,9 @@ import yaml
 
 import broker
 from broker import config as config_mod
-from broker.config import BrokerConfig, ConfigError, _schema
+from broker.config import BrokerConfig, _schema
 from broker.demo.localcluster import free_ports
+from tests.tlsutil import ClusterCA
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "configuration.md"
@@ -33,16 +32,6 @@ TEMPLATE = REPO / "roles" / "broker" / "templates" / "broker.yaml.j2"
 ROLE_DEFAULTS = REPO / "roles" / "broker" / "defaults" / "main.yml"
 BROKER_DIR = os.path.dirname(os.path.abspath(broker.__file__)) + os.sep
 CONFIG_PY = os.path.abspath(config_mod.__file__)
-
-# Keys whose documented effect is that a value other than the default is refused at
-# start (exit 2): the value that must be refused, and what the message must say.
-REFUSED = {
-    "security.tls.enabled": (True, "TLS is not implemented yet in this version"),
-    "security.tls.certificate": ("/c.pem", "TLS is not implemented yet in this version"),
-    "security.tls.privateKey": ("/k.pem", "TLS is not implemented yet in this version"),
-    "security.tls.ca": ("/ca.pem", "TLS is not implemented yet in this version"),
-}
-
 
 # --- what the documents name -----------------------------------------------------------------
 
@@ -181,6 +170,7 @@ def reads(tmp_path_factory) -> dict[tuple[type, str], set[str]]:
                 "freeSpace": {"processing": 0, "replication": 0},
             },
             "exporters": {"region0": {"type": "file", "args": {"path": str(d / "x")}}},
+            "security": {"tls": ClusterCA(d / "tls", "docs").tls_config(0)},
         }
     )
     seen: dict[tuple[type, str], set[str]] = {}
@@ -222,18 +212,6 @@ def reads(tmp_path_factory) -> dict[tuple[type, str], set[str]]:
 
 def effect_of(path: str, reads) -> str | None:
     """Why ``path`` does something, or None."""
-    if path in REFUSED:
-        value, says = REFUSED[path]
-        data: dict = {}
-        node = data
-        *parents, last = path.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-        with pytest.raises(ConfigError) as info:
-            BrokerConfig.from_dict(data)
-        assert info.value.key == path and says in str(info.value), str(info.value)
-        return "refused at start"
     where = reads.get(field_of(path))
     return f"read by {', '.join(sorted(where))}" if where else None
 
@@ -268,11 +246,11 @@ def test_every_key_the_role_deploys_is_documented_and_does_something(reads):
     assert not idle, f"the role deploys keys no broker code reads: {idle}"
 
 
-def test_the_check_fails_for_a_key_nothing_reads(reads):
-    """The recorder really tells read fields from unread ones."""
+def test_the_recorder_counts_broker_code_only(reads):
+    """Validation in config.py reads every field; only reads by broker code count."""
     assert effect_of("cluster.raft.flush.delayTime", reads)
     assert effect_of("data.freeSpace.processing", reads)
-    unread = {(cls, f.name) for cls in config_classes() for f in dataclasses.fields(cls)}
-    unread -= set(reads)
-    tls = {(cls, name) for cls, name in unread if cls.__name__ == "TlsConfig"}
-    assert {name for _, name in tls} == {"enabled", "certificate", "private_key", "ca"}
+    readers = {where for found in reads.values() for where in found}
+    assert "config.py" not in readers and "node/broker.py" in readers
+    tls = next(cls for cls in config_classes() if cls.__name__ == "TlsConfig")
+    assert reads[(tls, "client_auth")] == {"node/broker.py"}

@@ -40,6 +40,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.topology",
             "broker.fsutil",
             "broker.wire",
+            "broker.tls",
+            "broker.certs",
             "broker.config",
             "broker.metrics",
             "broker.diskspace",

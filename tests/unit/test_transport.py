@@ -26,62 +26,9 @@ from broker.wire import (
     encode_frame,
 )
 from tests.helpers import wait_until
+from tests.unit.conftest import CLUSTER, HOST
 
-HOST = "127.0.0.1"
-CLUSTER = "test-cluster"
 LOGGER = "broker.transport"
-
-
-class Inbox:
-    """Collects what a transport's callbacks receive."""
-
-    def __init__(self):
-        self.raft: list[tuple[int, int, object]] = []  # (src, partition, message)
-        self.gossip: list[tuple[int, object]] = []
-        self.batches = 0
-
-    def on_raft(self, src, messages):
-        self.batches += 1
-        self.raft.extend((src, pid, msg) for pid, msg in messages)
-
-    def on_gossip(self, src, payload):
-        self.gossip.append((src, payload))
-
-
-def echo(conn, req_id, body):
-    conn.send_response(req_id, {"echo": body})
-
-
-@pytest.fixture
-def make_transport():
-    """Builds transports on 127.0.0.1 and stops them all at teardown."""
-    started = []
-
-    def make(node_id, *, port=0, cluster=CLUSTER, start=True, **kw):
-        inbox = Inbox()
-        kw.setdefault("on_request", echo)
-        kw.setdefault("backoff", (0.01, 0.1))
-        t = Transport(node_id, cluster, HOST, port, inbox.on_raft, on_gossip=inbox.on_gossip, **kw)
-        t.inbox = inbox
-        started.append(t)
-        if start:
-            t.start()
-        return t
-
-    yield make
-    for t in started:
-        t.stop()
-    leftover = [th.name for th in threading.enumerate() if th.name.startswith("transport-")]
-    assert not leftover, f"threads left running: {leftover}"
-
-
-@pytest.fixture
-def closing():
-    """Closes the clients and sockets a test registers."""
-    things = []
-    yield things.append
-    for thing in things:
-        thing.close()
 
 
 def connect_pair(a: Transport, b: Transport) -> None:
@@ -263,13 +210,15 @@ def test_cluster_name_mismatch_is_refused_and_logged_on_both_sides(make_transpor
     a = make_transport(1, cluster="blue")
     b = make_transport(2, cluster="green")
     a.set_peer(2, HOST, b.port)
-    reason = "cluster name mismatch: node 2 is in 'green', got 'blue'"
+    # The refusal names the cluster the dialer asked for, never the node's own.
+    reason = "cluster name mismatch: not a member of cluster 'blue'"
     wait_until(lambda: logged(caplog, "node 2 rejected handshake from 127.0.0.1:", reason))
     wait_until(lambda: logged(caplog, f"peer 2 at 127.0.0.1:{b.port}", "rejected", reason))
     assert not a.is_connected(2)
     with pytest.raises(HandshakeRejected, match="cluster name mismatch"):
         FramedClient(HOST, b.port, "blue", timeout=5)
     assert logged(caplog, f"127.0.0.1:{b.port} rejected handshake: cluster name mismatch")
+    assert not logged(caplog, "green")
 
 
 def test_protocol_version_mismatch_is_refused(make_transport, caplog, closing):
@@ -483,7 +432,7 @@ def test_tls_between_peers_and_for_clients(make_transport, tls_contexts, caplog,
     closing(plain)
     plain.sendall(encode_frame(Hello(CLUSTER, -1, 1, "client")))
     assert closed_by_server(plain)
-    wait_until(lambda: logged(caplog, "connection from 127.0.0.1:", "failed"))
+    wait_until(lambda: logged(caplog, "refused a connection from 127.0.0.1:", "does not speak TLS"))
 
     # The peer connections survived the plaintext intruder.
     a.send_raft(2, 1, TimeoutNow(3, 1, 2))
