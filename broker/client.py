@@ -25,6 +25,7 @@ import contextlib
 import heapq
 import itertools
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +33,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple
 
 from broker.partition import key_partition
+from broker.tls import describe_failure
 from broker.transport import RECV_SIZE, connect_client
 from broker.wire import (
     HEADER_SIZE,
@@ -216,11 +218,12 @@ class _Connection:
         connect_timeout: float,
         io_timeout: float,
         on_lost: Callable[[_Connection], None],
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.address = address
         self._on_lost = on_lost
         self._decoder = FrameDecoder(MAX_FRAME_SIZE)
-        sock, _ = connect_client(address, cluster_name, connect_timeout, self._decoder)
+        sock, _ = connect_client(address, cluster_name, connect_timeout, self._decoder, ssl_context)
         # Bounds a write to a gateway that stopped reading; the reader treats
         # the same timeout as idleness.
         sock.settimeout(io_timeout)
@@ -392,15 +395,18 @@ class BrokerClient:
         *,
         connect_timeout: float = 5.0,
         route: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         """``route=False`` keeps every request on the given addresses (a
-        gateway forwarding to a specific broker uses that)."""
+        gateway forwarding to a specific broker uses that). ``ssl_context``
+        (see ``broker.tls.client_context``) speaks TLS to the gateways."""
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.addresses = parse_addresses(address)
         self.cluster_name = cluster_name
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.ssl_context = ssl_context
         self._lock = threading.Lock()  # connecting, _conn, _next, _closed, _direct
         self._conn: _Connection | None = None
         self._next = 0  # index of the address to try first
@@ -590,6 +596,7 @@ class BrokerClient:
                             min(self.connect_timeout, self.timeout),
                             self.timeout,
                             self._lost,
+                            self.ssl_context,
                         )
                     except (OSError, ProtocolError):
                         conn = None  # fall back to the given addresses
@@ -610,9 +617,10 @@ class BrokerClient:
                         min(self.connect_timeout, self.timeout),
                         self.timeout,
                         self._lost,
+                        self.ssl_context,
                     )
                 except (OSError, ProtocolError) as e:
-                    failures.append(f"{_fmt(address)}: {e}")
+                    failures.append(f"{_fmt(address)}: {describe_failure(e)}")
                     continue
                 self._conn, self._next = conn, index
                 return conn, self._deadlines
