@@ -10,6 +10,7 @@ import json
 import sys
 
 from broker import __version__, ctl
+from broker.tls import TlsSetupError
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -135,7 +136,11 @@ def brokerctl_main(argv: list[str] | None = None) -> int:
     placement.add_argument("--json", action="store_true", help="machine-readable report")
     placement.set_defaults(func=_placement)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except TlsSetupError as e:  # a --tls-* file that cannot be used
+        print(f"brokerctl: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import logging.handlers
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -28,6 +29,7 @@ import urllib.error
 import urllib.request
 
 from broker.config import BrokerConfig, ConfigError, check_tls_files, load_config, parse_size
+from broker.tls import client_context
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
 DEFAULT_LOG_MAX_SIZE = "64MB"
@@ -84,14 +86,26 @@ def _running_pid(pid_file: str) -> int | None:
     return pid if b"run" in cmdline and any(b"broker" in part for part in cmdline) else None
 
 
+def _self_context(cfg: BrokerConfig) -> ssl.SSLContext | None:
+    """With TLS, this broker asks itself over HTTPS: it trusts the cluster CA and
+    shows its own certificate (which is also a client certificate); the host name
+    is not checked, since it dials its own loopback address."""
+    t = cfg.security.tls
+    if not t.enabled:
+        return None
+    return client_context(t.ca, t.certificate, t.private_key, check_hostname=False)
+
+
 def _health(cfg: BrokerConfig, what: str = "startup") -> dict | None:
     host = cfg.management.host
     host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    req = urllib.request.Request(f"http://{host}:{cfg.management.port}/actuator/health/{what}")
+    scheme = "https" if cfg.security.tls.enabled else "http"
+    url = f"{scheme}://{host}:{cfg.management.port}/actuator/health/{what}"
+    req = urllib.request.Request(url)
     if cfg.management.token:
         req.add_header("Authorization", f"Bearer {cfg.management.token}")
     try:
-        with urllib.request.urlopen(req, timeout=1) as resp:
+        with urllib.request.urlopen(req, timeout=1, context=_self_context(cfg)) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return json.loads(exc.read() or b"{}")

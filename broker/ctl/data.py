@@ -16,11 +16,14 @@ import time
 
 from broker.client import BrokerClient, BrokerError, FailedPrecondition
 from broker.ctl.manage import print_management_summary
+from broker.ctl.options import tls_context
 from broker.ops.view import leaders
 
 
 def _client(args: argparse.Namespace) -> BrokerClient:
-    return BrokerClient(args.address, args.cluster_name, args.timeout)
+    return BrokerClient(
+        args.address, args.cluster_name, args.timeout, ssl_context=tls_context(args)
+    )
 
 
 def _fail(error: BrokerError) -> int:

@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from broker.ctl.options import parse_management_urls
+from broker.ctl.options import parse_management_urls, tls_context
 from broker.ops.api import ApiError, FirstAnswering, NoAnswer, Unreachable
 from broker.ops.view import members
 
@@ -33,7 +33,12 @@ class ChangeFailed(Exception):
 
 def _management(args: argparse.Namespace, timeout: float | None = None) -> FirstAnswering:
     urls = parse_management_urls(args.management)
-    return FirstAnswering(urls, timeout=timeout or args.timeout, token=args.management_token)
+    return FirstAnswering(
+        urls,
+        timeout=timeout or args.timeout,
+        token=args.management_token,
+        ssl_context=tls_context(args),
+    )
 
 
 def error_text(error: ApiError | ChangeFailed, api: FirstAnswering) -> str:

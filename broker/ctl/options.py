@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import urllib.parse
 
 from broker.client import DEFAULT_ADDRESS, DEFAULT_CLUSTER, parse_addresses
+from broker.tls import TlsSetupError, client_context
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:9600"
 
@@ -83,9 +85,21 @@ def broker_ids(text: str) -> list[int]:
     return ids
 
 
+def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client's TLS context from --tls-ca/--tls-cert/--tls-key, or None (plaintext
+    gateway; https:// management URLs then trust the system's CAs)."""
+    ca, cert, key = args.tls_ca, args.tls_cert, args.tls_key
+    if not (ca or cert or key):
+        return None
+    if bool(cert) != bool(key):
+        raise TlsSetupError("--tls-cert", "--tls-cert and --tls-key go together")
+    return client_context(ca, cert, key, where="--tls")
+
+
 def connection_options(parser: argparse.ArgumentParser, default) -> None:
-    """--address, --cluster-name, --timeout, --management, --management-token; with
-    ``default`` (argparse.SUPPRESS) for the copies accepted after the command."""
+    """--address, --cluster-name, --timeout, --management, --management-token and the
+    --tls-* files; with ``default`` (argparse.SUPPRESS) for the copies accepted after
+    the command."""
 
     def pick(value):
         return value if default is None else default
@@ -125,4 +139,24 @@ def connection_options(parser: argparse.ArgumentParser, default) -> None:
         metavar="TOKEN",
         help="bearer token for the management API, when the brokers set management.token "
         "(default: $BROKER_MANAGEMENT_TOKEN)",
+    )
+    parser.add_argument(
+        "--tls-ca",
+        default=pick(os.environ.get("BROKER_TLS_CA")),
+        metavar="FILE",
+        help="the cluster CA (PEM) to trust; given, the gateway is spoken to over TLS "
+        "(default: $BROKER_TLS_CA)",
+    )
+    parser.add_argument(
+        "--tls-cert",
+        default=pick(os.environ.get("BROKER_TLS_CERT")),
+        metavar="FILE",
+        help="client certificate (PEM), for brokers with security.tls.clientAuth "
+        "optional or required (default: $BROKER_TLS_CERT)",
+    )
+    parser.add_argument(
+        "--tls-key",
+        default=pick(os.environ.get("BROKER_TLS_KEY")),
+        metavar="FILE",
+        help="the client certificate's private key (default: $BROKER_TLS_KEY)",
     )

@@ -3,6 +3,9 @@
 Each broker gets its own ports and data directory under ``root`` and runs as
 ``python -m broker.cli run --config <root>/broker-<id>.yaml`` in its own
 process, so it can be killed with SIGKILL and restarted on the same data.
+With ``tls=True`` a cluster CA and one certificate per broker are issued under
+``<root>/tls`` (broker.certs, as the role does) and every channel uses TLS;
+``client()`` and the management calls then speak TLS with a client certificate.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +23,10 @@ import urllib.request
 from collections.abc import Callable
 
 import yaml
+
+from broker import certs
+from broker.client import BrokerClient
+from broker.tls import client_context
 
 
 def free_ports(n: int) -> list[int]:
@@ -57,6 +65,8 @@ class LocalCluster:
         regions: int = 2,
         overrides: dict | None = None,
         cluster_name: str = "dual-region",
+        tls: bool = False,
+        client_auth: str = "none",
     ):
         self.root = os.path.abspath(root)
         self.size = size
@@ -68,6 +78,10 @@ class LocalCluster:
         names = ("gateway", "internal", "management")
         self.ports = {i: dict(zip(names, ports[3 * i :], strict=False)) for i in range(size)}
         self.procs: dict[int, subprocess.Popen] = {}
+        self.tls = tls
+        self._ssl: ssl.SSLContext | None = None
+        if tls:
+            self._issue_certificates()
         contact = [f"127.0.0.1:{self.ports[i]['internal']}" for i in range(size)]
         for i in range(size):
             cfg = {
@@ -89,9 +103,67 @@ class LocalCluster:
                 "management": {"host": "127.0.0.1", "port": self.ports[i]["management"]},
                 "data": {"directory": self.data_dir(i)},
             }
+            if tls:
+                cfg["security"] = {
+                    "tls": {
+                        "enabled": True,
+                        "certificate": self._tls_path(f"broker-{i}.pem"),
+                        "privateKey": self._tls_path(f"broker-{i}.key"),
+                        "ca": self._tls_path("ca.pem"),
+                        "clientAuth": client_auth,
+                    }
+                }
             _merge(cfg, overrides or {})
             with open(self.config_path(i), "w") as f:
                 yaml.safe_dump(cfg, f, sort_keys=False)
+
+    # --- certificates -------------------------------------------------------------
+
+    def _tls_path(self, name: str) -> str:
+        return os.path.join(self.root, "tls", name)
+
+    def _issue_certificates(self) -> None:
+        ca, ca_key = self._tls_path("ca.pem"), self._tls_path("ca.key")
+        certs.ensure_ca(self.cluster_name, ca, ca_key)
+        for i in range(self.size):
+            certs.ensure_broker(
+                self.cluster_name,
+                i,
+                f"region{i % 2}",
+                ["127.0.0.1", "localhost"],
+                ca,
+                ca_key,
+                self._tls_path(f"broker-{i}.pem"),
+                self._tls_path(f"broker-{i}.key"),
+            )
+        certs.ensure_client(
+            self.cluster_name,
+            "local-ops",
+            ca,
+            ca_key,
+            self._tls_path("client.pem"),
+            self._tls_path("client.key"),
+        )
+
+    @property
+    def tls_files(self) -> dict[str, str] | None:
+        """``{"ca", "cert", "key"}`` a client presents, or None without TLS."""
+        if not self.tls:
+            return None
+        names = {"ca": "ca.pem", "cert": "client.pem", "key": "client.key"}
+        return {k: self._tls_path(v) for k, v in names.items()}
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client's context for this cluster (trusting its CA, with a client cert)."""
+        if self.tls and self._ssl is None:
+            f = self.tls_files
+            self._ssl = client_context(f["ca"], f["cert"], f["key"])
+        return self._ssl
+
+    def client(self, nodes=None, **kw) -> BrokerClient:
+        """A client of the gateways of ``nodes`` (all by default), with TLS if on."""
+        kw.setdefault("cluster_name", self.cluster_name)
+        return BrokerClient(self.gateways(nodes), ssl_context=self.ssl_context(), **kw)
 
     # --- paths and addresses ------------------------------------------------------
 
@@ -108,7 +180,8 @@ class LocalCluster:
         return ",".join(self.gateway(i) for i in (nodes if nodes is not None else range(self.size)))
 
     def management(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.ports[i]['management']}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.ports[i]['management']}"
 
     # --- processes ----------------------------------------------------------------------
 
@@ -156,7 +229,8 @@ class LocalCluster:
 
     def get_json(self, i: int, path: str):
         try:
-            with urllib.request.urlopen(self.management(i) + path, timeout=2) as r:
+            url = self.management(i) + path
+            with urllib.request.urlopen(url, timeout=2, context=self.ssl_context()) as r:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             return json.loads(exc.read() or b"{}")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import http.client
 import json
+import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from typing import Any
+
+from broker.tls import describe_failure
 
 API_FORMS = ("8.6", "8.8")
 DEFAULT_FORM = "8.6"
@@ -68,11 +71,14 @@ class ManagementApi:
         timeout: float = DEFAULT_TIMEOUT,
         token: str | None = None,
         form: str = DEFAULT_FORM,
+        ssl_context: ssl.SSLContext | None = None,
     ):
+        """``ssl_context`` (broker.tls.client_context) is used for https:// URLs."""
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.token = token
         self.form = check_form(form)
+        self.ssl_context = ssl_context
 
     def __repr__(self) -> str:
         return f"ManagementApi({self.url!r}, form={self.form!r})"
@@ -92,12 +98,15 @@ class ManagementApi:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            context = self.ssl_context if target.startswith("https:") else None
+            with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as exc:
             status, raw = exc.code, exc.read()
         except urllib.error.URLError as exc:
-            raise Unreachable(method, target, str(exc.reason)) from None
+            reason = exc.reason
+            why = describe_failure(reason) if isinstance(reason, ssl.SSLError) else str(reason)
+            raise Unreachable(method, target, why) from None
         except (OSError, http.client.HTTPException) as exc:
             raise NoAnswer(method, target, repr(exc)) from None
         try:
@@ -214,11 +223,14 @@ class FirstAnswering(ManagementApi):
         timeout: float = DEFAULT_TIMEOUT,
         token: str | None = None,
         form: str = DEFAULT_FORM,
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.urls = [u.rstrip("/") for u in urls]
         if not self.urls:
             raise ValueError("no management URL given")
-        super().__init__(self.urls[0], timeout=timeout, token=token, form=form)
+        super().__init__(
+            self.urls[0], timeout=timeout, token=token, form=form, ssl_context=ssl_context
+        )
 
     def __repr__(self) -> str:
         return f"FirstAnswering({self.urls!r}, form={self.form!r})"
