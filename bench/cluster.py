@@ -5,6 +5,8 @@
 * PySyncObj: 3 nodes, file journal (no fsync), with its default append period
   and tuned to 5 ms (see bench/pysyncobj_peer.py for how it is driven);
 * commit latency p50/p99 at half of the measured maximum (paced load);
+* the same 3 brokers with TLS on every channel (mutual TLS between brokers,
+  the load process presenting a client certificate);
 * the dual-region layout: 8 brokers, 8 partitions, RF 4, two load processes;
 * leader kill -9 to the first acknowledged write, default timing, median of 5.
 
@@ -40,8 +42,11 @@ COLUMNS = [
 ]
 
 
-def _load_cmd(addresses: str, duration: float, inflight: int, partition=None, rate=None):
-    cmd = [sys.executable, "-m", "broker.cli", "--address", addresses, "bench", "--json"]
+def _load_cmd(addresses: str, duration: float, inflight: int, partition=None, rate=None, tls=None):
+    cmd = [sys.executable, "-m", "broker.cli", "--address", addresses]
+    if tls:
+        cmd += ["--tls-ca", tls["ca"], "--tls-cert", tls["cert"], "--tls-key", tls["key"]]
+    cmd += ["bench", "--json"]
     cmd += ["--records", "100000000", "--size", "100", "--inflight", str(inflight)]
     cmd += ["--duration", str(duration)]
     if partition is not None:
@@ -57,8 +62,10 @@ def _result(out: str, err: str) -> dict:
     return json.loads(out)
 
 
-def _load(addresses: str, duration: float, inflight: int, partition=None, rate=None) -> dict:
-    cmd = _load_cmd(addresses, duration, inflight, partition, rate)
+def _load(
+    addresses: str, duration: float, inflight: int, partition=None, rate=None, tls=None
+) -> dict:
+    cmd = _load_cmd(addresses, duration, inflight, partition, rate, tls)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     return _result(out.stdout, out.stderr)
 
@@ -120,6 +127,37 @@ def _broker_rf3(root: str) -> tuple[list[dict], float]:
     return rows, best
 
 
+def _broker_rf3_tls(root: str, plain: float) -> list[dict]:
+    with LocalCluster(
+        os.path.join(root, "rf3-tls"), size=3, partitions=1, replication_factor=3, tls=True
+    ) as c:
+        c.start()
+        leader = c.wait_leaders()[1]
+        tls, gateway = c.tls_files, c.gateway(leader)
+        _load(gateway, 1.0, 256, partition=1, tls=tls)  # warm-up
+        rounds = [_load(gateway, DURATION, 256, partition=1, tls=tls) for _ in range(ROUNDS)]
+        best = statistics.median(r["records_per_s"] for r in rounds)
+        mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+        half = _load(gateway, DURATION, 256, partition=1, rate=best / 2, tls=tls)
+    return [
+        {
+            "case": "broker: 3 brokers, RF 3, TLS on every channel",
+            "records_s": best,
+            "p50_ms": mid["p50_ms"],
+            "p99_ms": mid["p99_ms"],
+            "note": f"TLS/plain = {best / plain:.2f}x (target >= 0.75x); rounds "
+            + ", ".join(f"{r['records_per_s']:,.0f}" for r in rounds),
+        },
+        {
+            "case": "broker: TLS, paced at half of that",
+            "records_s": half["records_per_s"],
+            "p50_ms": half["p50_ms"],
+            "p99_ms": half["p99_ms"],
+            "note": "target p99 < 25 ms",
+        },
+    ]
+
+
 def _leader_kill_times(c: LocalCluster, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
@@ -174,6 +212,7 @@ def run() -> list[dict]:
     os.makedirs(root, exist_ok=True)
     try:
         rows, ours = _broker_rf3(root)
+        rows += _broker_rf3_tls(root, ours)
         default = _pysyncobj(0.1, "default appendEntriesPeriod 100 ms")
         tuned = _pysyncobj(0.005, "appendEntriesPeriod tuned to 5 ms")
         rows += [default, tuned]

@@ -102,26 +102,28 @@ def _readable(path: str, key: str) -> None:
         raise TlsSetupError(key, f"cannot read {path}: permission denied") from None
 
 
-def _load_chain(ctx: ssl.SSLContext, certificate: str, private_key: str, where: str) -> None:
-    _readable(certificate, f"{where}.certificate")
-    _readable(private_key, f"{where}.privateKey")
+def _load_chain(
+    ctx: ssl.SSLContext, certificate: str, private_key: str, names: dict[str, str]
+) -> None:
+    _readable(certificate, names["certificate"])
+    _readable(private_key, names["privateKey"])
     try:
         ctx.load_cert_chain(certificate, private_key)
     except ssl.SSLError as e:
         raise TlsSetupError(
-            f"{where}.privateKey",
+            names["privateKey"],
             f"{private_key} is not the private key of {certificate}, or either is not PEM "
             f"({e.reason or e})",
         ) from None
 
 
-def _load_ca(ctx: ssl.SSLContext, ca: str, where: str) -> None:
-    _readable(ca, f"{where}.ca")
+def _load_ca(ctx: ssl.SSLContext, ca: str, names: dict[str, str]) -> None:
+    _readable(ca, names["ca"])
     try:
         ctx.load_verify_locations(cafile=ca)
     except ssl.SSLError as e:
         reason = e.reason or e
-        raise TlsSetupError(f"{where}.ca", f"{ca} holds no PEM certificate ({reason})") from None
+        raise TlsSetupError(names["ca"], f"{ca} holds no PEM certificate ({reason})") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,13 +144,14 @@ def broker_contexts(
     where: str = "security.tls",
 ) -> BrokerTls:
     """Build every context a broker needs; TlsSetupError names the bad key."""
+    names = {k: f"{where}.{k}" for k in ("certificate", "privateKey", "ca")}
     if client_auth not in CLIENT_AUTH:
         raise TlsSetupError(f"{where}.clientAuth", f"expected one of {', '.join(CLIENT_AUTH)}")
 
     def server(verify: int) -> ssl.SSLContext:
         ctx = _base(ssl.Purpose.CLIENT_AUTH)
-        _load_chain(ctx, certificate, private_key, where)
-        _load_ca(ctx, ca, where)
+        _load_chain(ctx, certificate, private_key, names)
+        _load_ca(ctx, ca, names)
         ctx.verify_mode = verify
         return ctx
 
@@ -156,8 +159,8 @@ def broker_contexts(
     # Peers are dialed by address and authenticated by the node id their
     # certificate names (checked after the handshake), not by host name.
     internal_client.check_hostname = False
-    _load_chain(internal_client, certificate, private_key, where)
-    _load_ca(internal_client, ca, where)
+    _load_chain(internal_client, certificate, private_key, names)
+    _load_ca(internal_client, ca, names)
     internal_client.verify_mode = ssl.CERT_REQUIRED
     return BrokerTls(
         gateway=server(CLIENT_AUTH[client_auth]),
@@ -173,16 +176,17 @@ def client_context(
     private_key: str | None = None,
     *,
     check_hostname: bool = True,
-    where: str = "--tls",
 ) -> ssl.SSLContext:
-    """A client's context: trust ``ca`` (else the system's), present a cert if given."""
+    """A client's context: trust ``ca`` (else the system's), present a cert if given.
+    TlsSetupError names brokerctl's option (``--tls-ca``, ``--tls-cert``, ``--tls-key``)."""
+    names = {"ca": "--tls-ca", "certificate": "--tls-cert", "privateKey": "--tls-key"}
     ctx = _base(ssl.Purpose.SERVER_AUTH)
     if ca:
-        _load_ca(ctx, ca, where)
+        _load_ca(ctx, ca, names)
     if certificate or private_key:
         if not (certificate and private_key):
-            raise TlsSetupError(f"{where}-cert", "a client certificate needs both cert and key")
-        _load_chain(ctx, certificate, private_key, where)
+            raise TlsSetupError("--tls-cert", "a client certificate needs both cert and key")
+        _load_chain(ctx, certificate, private_key, names)
     ctx.check_hostname = check_hostname
     return ctx
 

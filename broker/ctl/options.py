@@ -93,7 +93,7 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
         return None
     if bool(cert) != bool(key):
         raise TlsSetupError("--tls-cert", "--tls-cert and --tls-key go together")
-    return client_context(ca, cert, key, where="--tls")
+    return client_context(ca, cert, key)
 
 
 def connection_options(parser: argparse.ArgumentParser, default) -> None:

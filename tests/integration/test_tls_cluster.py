@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -159,3 +161,41 @@ def test_rogue_peers_never_join_and_never_change_anything(tls_cluster, tmp_path)
     assert _files(c) == before_files
     for i in range(c.size):
         assert "refused a connection" in c.log_tail(i, 100000), c.log_tail(i)
+
+
+def test_brokerctl_over_tls_and_its_errors_name_the_problem(tls_cluster, tmp_path):
+    c = tls_cluster
+    f = c.tls_files
+    tls = ["--tls-ca", f["ca"], "--tls-cert", f["cert"], "--tls-key", f["key"]]
+    base = [sys.executable, "-m", "broker.cli", "--cluster-name", c.cluster_name]
+    gateway = ["--address", c.gateways()]
+    management = ["--management", c.management(0)]
+
+    def ctl(*args, env=None):
+        return subprocess.run([*base, *args], capture_output=True, text=True, timeout=60, env=env)
+
+    done = ctl(*gateway, *tls, "append", "--partition", "1", "over-tls")
+    assert done.returncode == 0, done.stderr
+    read = ctl(*gateway, *tls, "read", "--partition", "1", "--from", "1")
+    assert read.returncode == 0 and "over-tls" in read.stdout, read
+    shown = ctl(*management, *tls, "cluster", "show")
+    assert shown.returncode == 0, shown.stderr
+    # The same files from the environment.
+    env = dict(os.environ, BROKER_TLS_CA=f["ca"], BROKER_TLS_CERT=f["cert"])
+    env["BROKER_TLS_KEY"] = f["key"]
+    assert ctl(*gateway, "get", "nothing-here", env=env).returncode in (0, 1)
+    status = ctl(*gateway, *management, "status", "--json", env=env)
+    assert status.returncode == 0, status.stderr
+
+    foreign = ClusterCA(tmp_path / "foreign", c.cluster_name)
+    wrong = ctl(*gateway, "--tls-ca", foreign.cert, "append", "x")
+    assert wrong.returncode == 1
+    assert "unknown CA (wrong --tls-ca?)" in wrong.stderr, wrong.stderr
+    wrong = ctl(*management, "--tls-ca", foreign.cert, "cluster", "show")
+    assert wrong.returncode == 1
+    assert "unknown CA (wrong --tls-ca?)" in wrong.stderr, wrong.stderr
+    plain = ctl(*gateway, "append", "x")
+    assert plain.returncode == 1, plain
+    missing = ctl(*gateway, "--tls-ca", str(tmp_path / "none.pem"), "append", "x")
+    assert missing.returncode == 2
+    assert "brokerctl: --tls-ca: cannot read" in missing.stderr and "no such file" in missing.stderr
