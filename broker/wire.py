@@ -23,17 +23,31 @@ from typing import Any
 import msgpack
 
 from broker.raft.messages import (
+    MAX_INDEX,
+    MAX_NODE_ID,
+    MAX_PARTITION_ID,
+    MAX_TERM,
     MESSAGE_TYPES,
+    AppendRequest,
     Configuration,
     Entry,
     EntryKind,
     SnapshotMeta,
+    check_configuration,
 )
 
 MAGIC = b"BK"
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({PROTOCOL_VERSION})
 MAX_FRAME_SIZE = 4 * 1024 * 1024  # largest body accepted, by default
+# Largest body of a frame before the handshake has completed, and of any HELLO,
+# HELLO_OK or HELLO_REJECT: a stranger cannot make a node decode megabytes.
+HANDSHAKE_MAX_FRAME = 4096
+MAX_CLUSTER_NAME = 255  # characters of the cluster name in a HELLO
+# Decoding limits of the bodies whose shape is not fixed (REQUEST, RESPONSE, GOSSIP):
+MAX_NESTING = 32  # arrays and maps inside one another
+REQUEST_MAX_ITEMS = 64  # entries of any map or array in a REQUEST body
+REQUEST_MAX_CONTAINERS = 64  # maps and arrays in a REQUEST body, all together
 
 HEADER = struct.Struct(">2sBBI")
 HEADER_SIZE = HEADER.size
@@ -88,6 +102,11 @@ class MalformedFrame(ProtocolError):
 
 class TruncatedFrame(ProtocolError):
     """The stream ended in the middle of a frame."""
+
+
+class UnexpectedFrame(ProtocolError):
+    """A frame of a type the connection does not accept in its state (see
+    ``FrameDecoder.accept``), refused from its header before its body is read."""
 
 
 # --- frames -----------------------------------------------------------------
@@ -148,12 +167,34 @@ class Gossip:
 
 Frame = Hello | HelloOk | HelloReject | RaftBatch | Request | Response | Gossip
 
+# What each side of a connection may receive, by state (``FrameDecoder.accept``).
+HANDSHAKE_FRAMES = frozenset({FrameType.HELLO, FrameType.HELLO_OK, FrameType.HELLO_REJECT})
+ACCEPTOR_HANDSHAKE = frozenset({FrameType.HELLO})  # an accepted connection's first frame
+DIALER_HANDSHAKE = frozenset({FrameType.HELLO_OK, FrameType.HELLO_REJECT})
+FROM_CLIENT = frozenset({FrameType.REQUEST})  # what a client may send after its HELLO
+FROM_PEER = frozenset({FrameType.RAFT, FrameType.GOSSIP, FrameType.REQUEST})
+FROM_GATEWAY = frozenset({FrameType.RESPONSE})  # what a client receives
+
 
 # --- Raft message codec -----------------------------------------------------
 
 
 def _malformed(what: str) -> MalformedFrame:
     return MalformedFrame(f"malformed {what}")
+
+
+def _out_of_range(what: str, value: int, lo: int, hi: int) -> MalformedFrame:
+    return MalformedFrame(f"malformed {what}: {value} is not in {lo}..{hi}")
+
+
+# Range of each integer field of the Raft messages, by name; every other integer
+# field is a term, an index, an offset or a count in 0..MAX_INDEX (MAX_TERM ==
+# MAX_INDEX).
+_FIELD_RANGES = {
+    "src": (0, MAX_NODE_ID),
+    "dst": (0, MAX_NODE_ID),
+    "next_offset": (-1, MAX_INDEX),  # -1 rejects a snapshot transfer
+}
 
 
 _ENTRY_KINDS = {k.value: k for k in EntryKind}
@@ -177,9 +218,20 @@ def _decode_entries(raw: list) -> tuple[Entry, ...]:
     out = []
     for e in raw:
         # One tuple comparison checks both the arity and every field's type.
-        if tuple(map(type, e)) != _ENTRY_TYPES:
+        if type(e) is not list or tuple(map(type, e)) != _ENTRY_TYPES:
             raise _malformed("entry")
         index, term, kind, data = e
+        if not 0 <= index <= MAX_INDEX:
+            raise _out_of_range("entry index", index, 0, MAX_INDEX)
+        if not 0 <= term <= MAX_TERM:
+            raise _out_of_range("entry term", term, 0, MAX_TERM)
+        if kind not in _ENTRY_KINDS:
+            raise _malformed(f"entry: unknown kind {kind}")
+        if kind == EntryKind.CONFIG:
+            try:
+                Configuration.decode(data)
+            except ValueError as exc:
+                raise _malformed(f"configuration entry {index}: {exc}") from None
         entry = _new(Entry)
         _set_index(entry, index)
         _set_term(entry, term)
@@ -197,12 +249,11 @@ def _decode_config(raw: list) -> Configuration:
     if tuple(map(type, raw)) != (list, list):
         raise _malformed("configuration")
     voters, priorities = raw
-    if any(type(v) is not int for v in voters):
-        raise _malformed("configuration voters")
-    prio = tuple(map(tuple, priorities))
-    if any(tuple(map(type, p)) != (int, int) for p in prio):
-        raise _malformed("configuration priorities")
-    return Configuration(frozenset(voters), prio)
+    try:
+        check_configuration(voters, priorities)
+    except ValueError as exc:
+        raise _malformed(str(exc)) from None
+    return Configuration(frozenset(voters), tuple(map(tuple, priorities)))
 
 
 def _encode_meta(m: SnapshotMeta) -> list:
@@ -213,6 +264,12 @@ def _decode_meta(raw: list) -> SnapshotMeta:
     if tuple(map(type, raw)) != (int, int, list, int):
         raise _malformed("snapshot meta")
     index, term, config, config_term = raw
+    if not 0 <= index <= MAX_INDEX:
+        raise _out_of_range("snapshot meta index", index, 0, MAX_INDEX)
+    if not 0 <= term <= MAX_TERM:
+        raise _out_of_range("snapshot meta term", term, 0, MAX_TERM)
+    if not 0 <= config_term <= MAX_TERM:
+        raise _out_of_range("snapshot meta config_term", config_term, 0, MAX_TERM)
     return SnapshotMeta(index, term, _decode_config(config), config_term)
 
 
@@ -230,7 +287,7 @@ _FIELD_CODECS: dict[Any, tuple[type, Any, Any]] = {
 class _MessageCodec:
     """Precomputed layout of one Raft message type."""
 
-    __slots__ = ("cls", "getter", "kind", "nested", "types")
+    __slots__ = ("cls", "getter", "kind", "nested", "ranges", "types")
 
     def __init__(self, cls: type):
         hints = typing.get_type_hints(cls)
@@ -245,6 +302,11 @@ class _MessageCodec:
         self.getter = attrgetter(*names)
         self.types = tuple(s[0] for s in specs)
         self.nested = tuple((i, enc, dec) for i, (_, enc, dec) in enumerate(specs) if enc)
+        self.ranges = tuple(
+            (i, *_FIELD_RANGES.get(name, (0, MAX_INDEX)), name)
+            for i, name in enumerate(names)
+            if hints[name] is int
+        )
 
     def encode(self, msg) -> list:
         values = list(self.getter(msg))
@@ -256,9 +318,23 @@ class _MessageCodec:
         values = raw[1:]
         if tuple(map(type, values)) != self.types:
             raise _malformed(f"{self.cls.__name__}")
+        for i, lo, hi, name in self.ranges:
+            if not lo <= values[i] <= hi:
+                raise _out_of_range(f"{self.cls.__name__}.{name}", values[i], lo, hi)
         for i, _, dec in self.nested:
             values[i] = dec(values[i])
-        return self.cls(*values)
+        msg = self.cls(*values)
+        if self.cls is AppendRequest:
+            _check_append(msg)
+        return msg
+
+
+def _check_append(m: AppendRequest) -> None:
+    """The entries of an AppendRequest follow ``prev_index`` one by one."""
+    first = m.prev_index + 1
+    for k, e in enumerate(m.entries):
+        if e.index != first + k:
+            raise _malformed(f"AppendRequest: entry {k} has index {e.index}, expected {first + k}")
 
 
 _CODECS_BY_KIND = {kind: _MessageCodec(cls) for kind, cls in MESSAGE_TYPES.items()}
@@ -317,6 +393,42 @@ def raft_frame(packed_items: Sequence[bytes]) -> bytes:
     return _header(FrameType.RAFT, len(body)) + body
 
 
+def _replication_overhead() -> int:
+    """Bytes a RAFT frame body adds around an entry's data when that entry is the
+    only one of an AppendRequest, every number at its largest (measured with the
+    encoder itself, the data long enough to take the widest bin header)."""
+    size = 1 << 16
+    entry = Entry(MAX_INDEX, MAX_TERM, EntryKind.NORMAL, bytes(size))
+    msg = AppendRequest(
+        MAX_TERM, MAX_NODE_ID, MAX_NODE_ID, MAX_INDEX - 1, MAX_TERM, (entry,), MAX_INDEX
+    )
+    # A sender's batch starts with an array header of up to 5 bytes.
+    return 5 + len(pack_raft_item(MAX_PARTITION_ID, msg)) - size
+
+
+REPLICATION_OVERHEAD = _replication_overhead()
+# Room for the fields around a command when a gateway forwards its request to the
+# partition's leader (a GOSSIP frame: the link's envelope, the field names, the
+# partition, the deadline); measured at about 100 bytes, this leaves a margin.
+FORWARD_OVERHEAD = 256
+
+
+def max_command_size(max_frame_size: int = MAX_FRAME_SIZE) -> int:
+    """The largest command (the data of one Raft entry: an encoded append, put or
+    cas) that a broker with this frame limit accepts: one larger could not be
+    replicated nor forwarded in one frame."""
+    return max_frame_size - REPLICATION_OVERHEAD - FORWARD_OVERHEAD
+
+
+def command_too_large(size: int, max_frame_size: int = MAX_FRAME_SIZE) -> str:
+    """The refusal of a command of ``size`` bytes (gateway and client say the same)."""
+    return (
+        f"request too large: its command of {size} bytes exceeds the limit of "
+        f"{max_command_size(max_frame_size)} bytes (network.maxFrameSize "
+        f"{max_frame_size} less the replication overhead)"
+    )
+
+
 def _frame_body(frame: Frame) -> Any:
     match frame:
         case Hello(cluster, node_id, version, role):
@@ -351,9 +463,22 @@ def _shape(body: Any, types: tuple[type, ...], what: str) -> list:
 
 def _decode_hello(body: Any) -> Hello:
     cluster, node_id, version, role = _shape(body, (str, int, int, str), "HELLO")
+    if len(cluster) > MAX_CLUSTER_NAME:
+        raise _malformed(f"HELLO: cluster name longer than {MAX_CLUSTER_NAME} characters")
+    if not -1 <= node_id <= MAX_NODE_ID:  # -1: a client
+        raise _out_of_range("HELLO node_id", node_id, -1, MAX_NODE_ID)
+    if not 0 <= version <= 255:
+        raise _out_of_range("HELLO version", version, 0, 255)
     if role not in ROLES:
-        raise _malformed(f"HELLO: unknown role {role!r}")
+        raise _malformed(f"HELLO: unknown role {role[:32]!r}")
     return Hello(cluster, node_id, version, role)
+
+
+def _decode_hello_ok(body: Any) -> HelloOk:
+    (node_id,) = _shape(body, (int,), "HELLO_OK")
+    if not 0 <= node_id <= MAX_NODE_ID:
+        raise _out_of_range("HELLO_OK node_id", node_id, 0, MAX_NODE_ID)
+    return HelloOk(node_id)
 
 
 def _decode_raft(body: Any) -> RaftBatch:
@@ -363,32 +488,111 @@ def _decode_raft(body: Any) -> RaftBatch:
     for item in body:
         if type(item) is not list or len(item) != 2 or type(item[0]) is not int:
             raise _malformed("RAFT batch item")
+        if not 0 <= item[0] <= MAX_PARTITION_ID:
+            raise _out_of_range("RAFT batch item partition_id", item[0], 0, MAX_PARTITION_ID)
         messages.append((item[0], decode_message(item[1])))
     return RaftBatch(messages)
 
 
+def _check_nesting(value: Any, what: str) -> None:
+    """Refuse maps and arrays nested deeper than ``MAX_NESTING`` (a consumer that
+    walks or re-encodes the value must not hit a recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise _malformed(f"{what}: nested deeper than {MAX_NESTING}")
+        items = v.values() if type(v) is dict else v
+        for x in items:
+            if type(x) is list or type(x) is dict:
+                stack.append((x, depth + 1))
+
+
 def _decode_request(body: Any) -> Request:
-    return Request(*_shape(body, (int, dict), "REQUEST"))
+    req_id, fields_ = _shape(body, (int, dict), "REQUEST")
+    _check_nesting(fields_, "REQUEST")
+    return Request(req_id, fields_)
 
 
 def _decode_response(body: Any) -> Response:
     return Response(*_shape(body, (int, dict), "RESPONSE"))
 
 
+def _decode_gossip(body: Any) -> Gossip:
+    if type(body) is list or type(body) is dict:
+        _check_nesting(body, "GOSSIP")
+    return Gossip(body)
+
+
 _BODY_DECODERS = {
     FrameType.HELLO: _decode_hello,
-    FrameType.HELLO_OK: lambda b: HelloOk(*_shape(b, (int,), "HELLO_OK")),
+    FrameType.HELLO_OK: _decode_hello_ok,
     FrameType.HELLO_REJECT: lambda b: HelloReject(*_shape(b, (str,), "HELLO_REJECT")),
     FrameType.RAFT: _decode_raft,
     FrameType.REQUEST: _decode_request,
     FrameType.RESPONSE: _decode_response,
-    FrameType.GOSSIP: Gossip,
+    FrameType.GOSSIP: _decode_gossip,
 }
 
 
+def _no_ext(code: int, data: bytes) -> Any:
+    raise _malformed(f"msgpack extension type {code}")
+
+
+class _Counter:
+    """A list/object hook that refuses more than ``limit`` containers, during the
+    decoding: a body of thousands of tiny arrays stops at the first one too many."""
+
+    __slots__ = ("left", "what")
+
+    def __init__(self, limit: int, what: str):
+        self.left = limit
+        self.what = what
+
+    def __call__(self, value):
+        self.left -= 1
+        if self.left < 0:
+            raise _malformed(f"{self.what}: more than the allowed maps and arrays")
+        return value
+
+
+def _unpack_limits(frame_type: int, size: int) -> dict:
+    """msgpack limits for a body of ``size`` bytes of ``frame_type``: checked by
+    the unpacker before it allocates, so a small body cannot claim a huge array."""
+    if frame_type == FrameType.HELLO:
+        return {"max_array_len": 4, "max_map_len": 0, "max_str_len": size, "max_bin_len": 0}
+    if frame_type in (FrameType.HELLO_OK, FrameType.HELLO_REJECT):
+        return {"max_array_len": 1, "max_map_len": 0, "max_str_len": size, "max_bin_len": 0}
+    if frame_type == FrameType.RAFT:
+        # Lists of numbers, booleans and bytes only: no map, no string.
+        return {"max_array_len": size, "max_map_len": 0, "max_str_len": 0, "max_bin_len": size}
+    if frame_type == FrameType.REQUEST:
+        counter = _Counter(REQUEST_MAX_CONTAINERS, "REQUEST")
+        return {
+            "max_array_len": REQUEST_MAX_ITEMS,
+            "max_map_len": REQUEST_MAX_ITEMS,
+            "max_str_len": size,
+            "max_bin_len": size,
+            "list_hook": counter,
+            "object_hook": counter,
+        }
+    return {
+        "max_array_len": size,
+        "max_map_len": size // 2,
+        "max_str_len": size,
+        "max_bin_len": size,
+    }
+
+
 def decode_body(frame_type: int, body: bytes | bytearray) -> Frame:
+    """The frame of ``frame_type`` whose body is ``body``; ``MalformedFrame`` when
+    the body is not msgpack, breaks a decoding limit or lacks the frame's shape."""
     try:
-        value = msgpack.unpackb(body)
+        value = msgpack.unpackb(
+            body, ext_hook=_no_ext, max_ext_len=0, **_unpack_limits(frame_type, len(body))
+        )
+    except ProtocolError:
+        raise
     except Exception as e:
         # msgpack signals bad input with many exception types (ExtraData,
         # FormatError, StackError, ValueError, UnicodeDecodeError...).
@@ -399,13 +603,22 @@ def decode_body(frame_type: int, body: bytes | bytearray) -> Frame:
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, iterate the complete frames.
 
-    The header is checked as soon as it has arrived, so an oversized length is
-    refused before its body is read. After a ``ProtocolError`` the stream is
-    unusable and the connection should be closed.
+    The header is checked as soon as it has arrived, so an oversized length or
+    a frame type outside ``accept`` is refused before its body is read. After a
+    ``ProtocolError`` the stream is unusable and the connection should be closed.
+
+    Both limits are attributes the owner may change between frames, e.g. once a
+    handshake has completed: ``max_frame_size`` (largest body; a connection
+    starts with ``HANDSHAKE_MAX_FRAME`` and is raised to the configured limit
+    after its HELLO) and ``accept`` (the frame types allowed, None for all; e.g.
+    ``ACCEPTOR_HANDSHAKE``, then ``FROM_CLIENT`` or ``FROM_PEER``). Whatever the
+    limit, HELLO, HELLO_OK and HELLO_REJECT bodies are at most
+    ``HANDSHAKE_MAX_FRAME`` bytes.
     """
 
-    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE):
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE, accept: frozenset[int] | None = None):
         self.max_frame_size = max_frame_size
+        self.accept = accept
         self._buf = bytearray()
         self._pos = 0
         self._header: tuple[int, int] | None = None  # (type, length) of the frame in progress
@@ -461,6 +674,13 @@ class FrameDecoder:
             )
         if frame_type not in _BODY_DECODERS:
             raise UnknownFrameType(f"unknown frame type {frame_type}")
+        if self.accept is not None and frame_type not in self.accept:
+            raise UnexpectedFrame(f"unexpected {FrameType(frame_type).name} frame")
+        if frame_type in HANDSHAKE_FRAMES and length > HANDSHAKE_MAX_FRAME:
+            raise FrameTooLarge(
+                f"{FrameType(frame_type).name} of {length} bytes exceeds limit of "
+                f"{HANDSHAKE_MAX_FRAME}"
+            )
         if length > self.max_frame_size:
             raise FrameTooLarge(f"frame of {length} bytes exceeds limit of {self.max_frame_size}")
         return frame_type, length

@@ -10,6 +10,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+# Ranges of the numbers a peer may send (the wire codec refuses the rest). A term
+# or index stays well inside 64 bits so that ``term + 1`` and ``index + 1`` always
+# encode; node and partition ids are 31-bit.
+MAX_TERM = 2**62
+MAX_INDEX = 2**62  # log indexes, snapshot offsets and sizes
+MAX_NODE_ID = 2**31 - 1
+MAX_PARTITION_ID = 2**31 - 1
+MAX_PRIORITY = 2**31 - 1
+MAX_VOTERS = 1024  # members of one configuration
+
+
+def check_configuration(voters, priorities) -> None:
+    """Raise ``ValueError`` naming the field unless ``voters`` is a list of node ids
+    and ``priorities`` a list of ``[node id, priority]`` pairs, both bounded."""
+    if type(voters) is not list or len(voters) > MAX_VOTERS:
+        raise ValueError(f"configuration voters: a list of at most {MAX_VOTERS} node ids")
+    if type(priorities) is not list or len(priorities) > MAX_VOTERS:
+        raise ValueError(f"configuration priorities: a list of at most {MAX_VOTERS} pairs")
+    for v in voters:
+        if type(v) is not int or not 0 <= v <= MAX_NODE_ID:
+            raise ValueError(f"configuration voter {v!r}: not a node id in 0..{MAX_NODE_ID}")
+    for p in priorities:
+        if type(p) not in (list, tuple) or len(p) != 2:
+            raise ValueError("configuration priorities: each is a [node id, priority] pair")
+        member, prio = p
+        if type(member) is not int or not 0 <= member <= MAX_NODE_ID:
+            raise ValueError(f"configuration priority member {member!r}: not a node id")
+        if type(prio) is not int or not 0 <= prio <= MAX_PRIORITY:
+            raise ValueError(f"configuration priority {prio!r}: not in 0..{MAX_PRIORITY}")
+
 
 class EntryKind(IntEnum):
     NORMAL = 0  # application data
@@ -63,7 +93,14 @@ class Configuration:
     def decode(data: bytes) -> Configuration:
         import msgpack
 
-        voters, prio = msgpack.unpackb(data)
+        try:
+            raw = msgpack.unpackb(data)
+        except Exception as e:  # msgpack reports bad input with many exception types
+            raise ValueError(f"undecodable configuration: {e}") from None
+        if type(raw) is not list or len(raw) != 2:
+            raise ValueError("configuration: not a [voters, priorities] pair")
+        voters, prio = raw
+        check_configuration(voters, prio)
         return Configuration(frozenset(voters), tuple((m, p) for m, p in prio))
 
 
