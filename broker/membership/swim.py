@@ -24,6 +24,13 @@ mechanism and the refinements memberlist uses:
   incarnation and gossips ALIVE), and DEAD is final for its incarnation: a
   restarted member is back only with a higher incarnation, which it picks
   as soon as it hears what the others believe about it.
+* Refutation cannot be outbid: a claim about a member that the member could
+  not refute within the range checks (SUSPECT or DEAD at incarnation
+  MAX_COUNTER, or metadata version MAX_COUNTER) is only believed from the
+  member itself; from anyone else the record is dropped and noted (see
+  ``take_dropped``). So one forged record can mark a live member DEAD only
+  until the member hears of it (the ack of its next ping to any member that
+  believes it, or a sync), at most a few protocol periods.
 * Metadata (region, addresses, partition roles...) is opaque to this module,
   owned by its member and versioned by the member's own counter; the newest
   version wins. Like the incarnation, a member that hears of a version of
@@ -54,9 +61,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgpack
+
 ALIVE, SUSPECT, DEAD = "ALIVE", "SUSPECT", "DEAD"
 META = "META"  # event kind: a member's metadata changed
 _RANK = {ALIVE: 0, SUSPECT: 1, DEAD: 2}
+
+# Range checks of received records (a record outside them makes the message
+# malformed): node ids are 31-bit, incarnations and metadata versions at most
+# MAX_COUNTER (a version may be -1: "no metadata known yet"), metadata is a
+# map of at most META_MAX_KEYS string keys of at most META_MAX_KEY_LEN
+# characters, META_MAX_BYTES once packed.
+MAX_NODE_ID = 2**31 - 1
+MAX_COUNTER = 2**62
+META_MAX_KEYS = 32
+META_MAX_KEY_LEN = 64
+META_MAX_BYTES = 256 * 1024
 
 
 class MalformedMessage(ValueError):
@@ -135,6 +155,9 @@ class Swim:
         self._probe_list: list[int] = []
         self._relays: dict[int, tuple[int, int, float]] = {}  # our seq -> (asker, its seq, expiry)
         self._joining: dict[int, float] = {}  # contact point -> next attempt
+        self._dropped: list[tuple[int, str]] = []  # (sender, why) of records ignored
+        self._direct: dict[int, tuple[int, float]] = {}  # seq of probe_direct -> (target, expiry)
+        self._direct_acks: dict[int, float] = {}  # node id -> when it last acked our own ping
         # A random phase keeps members started together from probing in lockstep.
         self._next_probe = now + self.rng.random() * cfg.probe_interval
         self._next_gossip = now + cfg.gossip_interval
@@ -162,6 +185,17 @@ class Swim:
         )
         return min(due)
 
+    def last_direct_ack(self, node_id: int) -> float | None:
+        """When ``node_id`` itself last acked a ping of ours (not a relayed ack, not
+        gossip): the evidence of a direct probe."""
+        return self._direct_acks.get(node_id)
+
+    def take_dropped(self) -> list[tuple[int, str]]:
+        """(sender, reason) of the received records dropped since last time (the
+        caller logs them); a dropped record changes nothing."""
+        out, self._dropped = self._dropped, []
+        return out
+
     def drain(self) -> tuple[list[tuple[int, dict]], list[Event]]:
         """The messages to send as (destination, message) and the events since last time."""
         out, self._messages = self._messages, []
@@ -184,6 +218,15 @@ class Swim:
             if nid != self.id and nid not in self._joining:
                 self._joining[nid] = self.now
         self._retry_joins()
+
+    def probe_direct(self, target: int, timeout: float | None = None) -> int:
+        """Ping ``target`` now, whatever we believe of it; its ack within ``timeout``
+        (default: a probe period) updates ``last_direct_ack``. Returns the seq."""
+        seq = self._next_seq()
+        wait = self.config.probe_interval if timeout is None else timeout
+        self._direct[seq] = (target, self.now + wait)
+        self._send(target, {"t": "ping", "seq": seq})
+        return seq
 
     def tick(self, now: float) -> None:
         self.now = now = max(self.now, now)
@@ -224,14 +267,23 @@ class Swim:
         for seq, (_, _, expiry) in list(self._relays.items()):
             if now >= expiry:
                 del self._relays[seq]
+        for seq, (_, expiry) in list(self._direct.items()):
+            if now >= expiry:
+                del self._direct[seq]
 
     def receive(self, src: int, message: Any) -> None:
         """Apply one message; raises MalformedMessage (changing nothing) if it is not one."""
         kind, seq, target, records = _parse(message)
+        if not (_is_int(src) and 0 <= src <= MAX_NODE_ID):
+            raise MalformedMessage(f"sender id {src!r} out of range")
         if src == self.id:
             return
         self._joining.pop(src, None)
         for record in records:
+            why = _unrefutable(src, record)
+            if why is not None:
+                self._dropped.append((src, why))
+                continue
             self._merge(*record)
         if src not in self.members:
             # An unknown member contacted us (it learnt of us from others): add
@@ -243,7 +295,13 @@ class Swim:
             self._send(src, {"t": "ack", "seq": seq})
         elif kind == "ack":
             if self._probe is not None and seq == self._probe.seq:
+                if src == self._probe.target:
+                    self._direct_acks[src] = self.now
                 self._probe = None
+            elif seq in self._direct:
+                if self._direct[seq][0] == src:
+                    del self._direct[seq]
+                    self._direct_acks[src] = self.now
             elif seq in self._relays:
                 asker, asker_seq, _ = self._relays.pop(seq)
                 self._send(asker, {"t": "ack", "seq": asker_seq})
@@ -312,7 +370,7 @@ class Swim:
         if inc > me.incarnation or (inc == me.incarnation and state != ALIVE):
             # Suspected or declared dead (or we restarted and others knew a
             # higher incarnation): refute with a higher one.
-            me.incarnation = inc + 1
+            me.incarnation = min(inc + 1, MAX_COUNTER)  # claims at the cap are dropped
             self._events.append(Event(self.id, ALIVE, me.incarnation, me.version))
             self._enqueue(self.id)
         elif inc < me.incarnation:
@@ -320,7 +378,7 @@ class Swim:
             # refutation was lost: announce ourselves again.
             self._enqueue(self.id)
         if version > me.version or (version == me.version and meta != me.meta):
-            me.version = version + 1
+            me.version = min(version + 1, MAX_COUNTER)
             self._events.append(Event(self.id, META, me.incarnation, me.version))
             self._enqueue(self.id)
         elif version < me.version:
@@ -397,7 +455,7 @@ def _parse(message: Any) -> tuple[str, int, int, list[tuple]]:
     target = message.get("target")
     if kind in ("ping", "ack", "ping-req") and not _is_int(seq):
         raise MalformedMessage(f"{kind}: bad seq {seq!r}")
-    if kind == "ping-req" and not _is_int(target):
+    if kind == "ping-req" and not (_is_int(target) and 0 <= target <= MAX_NODE_ID):
         raise MalformedMessage(f"ping-req: bad target {target!r}")
     if kind == "sync" and type(message.get("reply")) is not bool:
         raise MalformedMessage("sync: bad reply flag")
@@ -406,14 +464,52 @@ def _parse(message: Any) -> tuple[str, int, int, list[tuple]]:
         raise MalformedMessage(f"{kind}: records are not a list")
     parsed = []
     for r in records:
-        if (
-            type(r) is not list
-            or len(r) != 5
-            or not (_is_int(r[0]) and _is_int(r[1]) and _is_int(r[3]))
-            or r[1] < 0
-            or r[2] not in _RANK
-            or type(r[4]) is not dict
-        ):
-            raise MalformedMessage(f"{kind}: bad record {r!r:.200}")
+        why = _bad_record(r)
+        if why is not None:
+            raise MalformedMessage(f"{kind}: bad record ({why}) {r!r:.200}")
         parsed.append(tuple(r))
     return kind, seq, target, parsed
+
+
+def _bad_record(r: Any) -> str | None:
+    """Why ``r`` is not a valid record, or None."""
+    if type(r) is not list or len(r) != 5:
+        return "not a list of 5"
+    nid, inc, state, version, meta = r
+    if not (_is_int(nid) and 0 <= nid <= MAX_NODE_ID):
+        return "node id out of range"
+    if not (_is_int(inc) and 0 <= inc <= MAX_COUNTER):
+        return "incarnation out of range"
+    if type(state) is not str or state not in _RANK:
+        return "unknown state"
+    if not (_is_int(version) and -1 <= version <= MAX_COUNTER):
+        return "version out of range"
+    if type(meta) is not dict:
+        return "metadata is not a map"
+    if len(meta) > META_MAX_KEYS:
+        return "too many metadata keys"
+    for k in meta:
+        if type(k) is not str or len(k) > META_MAX_KEY_LEN:
+            return "bad metadata key"
+    if meta:
+        try:
+            size = len(msgpack.packb(meta))
+        except (TypeError, ValueError, OverflowError):
+            return "metadata not serialisable"
+        if size > META_MAX_BYTES:
+            return "metadata too large"
+    return None
+
+
+def _unrefutable(src: int, record: tuple) -> str | None:
+    """Why a well-formed record from ``src`` is still not believed, or None: a claim
+    about another member that the member could not outbid (its refutation would
+    leave the range), so only the member itself may make it."""
+    nid, inc, state, version, _ = record
+    if nid == src:
+        return None
+    if inc >= MAX_COUNTER and state != ALIVE:
+        return f"{state} of node {nid} at the maximum incarnation"
+    if inc >= MAX_COUNTER or version >= MAX_COUNTER:
+        return f"record of node {nid} at the maximum incarnation or version"
+    return None
