@@ -8,6 +8,21 @@ GOSSIP payloads, and whatever it produces goes out with
 ``transport.send_gossip``. Another thread resolves ``initialContactPoints``
 (a client handshake tells a contact point's node id), so that a contact
 point that is not up yet never stalls the ticks.
+
+What gossip may and may not decide:
+
+* ``alive`` and ``states`` are SWIM's view, gossip included: good enough for
+  routing, never for destroying anything. ``reachable(node_id)`` answers
+  from a direct probe only (an ack to our own ping, sent by that broker over
+  its own connection): what a guard such as the refusal to force-remove
+  reachable brokers must use.
+* ``leader_of`` believes a leadership claim only from a member of the
+  cluster: a broker of the committed topology (not LEFT; the topology
+  manager installs ``topology_members``) or one of the configured contact
+  points. Without a topology (unit tests) every member is trusted. A claim
+  is also ignored when its term is below the term this broker's own replica
+  of the partition knows.
+* Records dropped by the core's checks are logged at WARNING with the sender.
 """
 
 from __future__ import annotations
@@ -16,7 +31,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgpack
 
@@ -28,6 +43,7 @@ from broker.wire import ProtocolError
 log = logging.getLogger(__name__)
 
 MAX_WAIT = 0.05  # longest sleep between ticks
+PROBE_TIMEOUT = 1.0  # how long ``reachable`` waits for the ack of its direct ping
 
 
 class SwimMembership:
@@ -73,7 +89,11 @@ class SwimMembership:
         self._addresses: dict[int, tuple[str, int]] = {}  # as given to the transport
         self._unresolved = [cp for cp in contact_points if cp]
         self._malformed: dict[int, str] = {}  # node id -> what was last wrong with its gossip
+        self._contact_ids: set[int] = set()  # node ids of resolved contact points
+        # Set by the topology manager: the broker ids of the committed topology.
+        self.topology_members: Callable[[], Iterable[int]] | None = None
         self._lock = threading.Lock()
+        self._acked = threading.Condition(self._lock)  # a direct ack arrived
         self._stop = threading.Event()
         name = f"swim-{me.node_id}"
         self._threads = [
@@ -104,18 +124,61 @@ class SwimMembership:
         state = self._states.get(node_id)
         return state is not None and state != DEAD
 
+    def reachable(self, node_id: int, timeout: float = PROBE_TIMEOUT) -> bool:
+        """Whether ``node_id`` answers a direct probe now: an ack to our own ping,
+        from that broker itself, within the last probe period or to a ping sent
+        now (waits up to ``timeout``). Gossip about it counts for nothing."""
+        if node_id == self.me.node_id:
+            return True
+        with self._lock:
+            now = self.clock()
+            last = self._core.last_direct_ack(node_id)
+            if last is not None and now - last <= self.config.probe_interval:
+                return True
+            self._core.tick(now)
+            self._core.probe_direct(node_id, timeout)
+            out = self._collect()
+        self._send(out)
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                last = self._core.last_direct_ack(node_id)
+                if last is not None and last >= now:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._acked.wait(remaining)
+
+    def trusted(self) -> set[int] | None:
+        """Who may claim partition leadership (None: anyone, when no topology is known)."""
+        if self.topology_members is None:
+            return None
+        try:
+            members = set(self.topology_members())
+        except Exception:
+            log.exception("node %d: reading the topology failed", self.me.node_id)
+            members = set()
+        return members | self._contact_ids | {self.me.node_id}
+
     def leader_of(self, partition_id: int) -> int | None:
-        """The live member claiming leadership of the partition in the highest term."""
+        """The live trusted member claiming leadership of the partition in the
+        highest term, that term not below our own replica's (see the module doc)."""
+        trusted = self.trusted()
+        mine = self.me.partitions.get(partition_id)
         best, best_term = None, -1
+        if mine:
+            best_term = _term(mine) - 1  # a claim must be at least our term
         for m in self.members.values():
             info = m.partitions.get(partition_id)
             if (
                 info
                 and info.get("role") == "leader"
-                and info.get("term", -1) > best_term
+                and _term(info) > best_term
+                and (trusted is None or m.node_id in trusted)
                 and self.alive(m.node_id)
             ):
-                best, best_term = m.node_id, info["term"]
+                best, best_term = m.node_id, _term(info)
         return best
 
     # --- inputs -------------------------------------------------------------
@@ -137,6 +200,15 @@ class SwimMembership:
                 log.log(level, "node %d: malformed gossip from %d: %s", self.me.node_id, src, exc)
             except Exception:
                 log.exception("node %d: gossip from %d failed", self.me.node_id, src)
+            for sender, why in self._core.take_dropped():
+                log.warning(
+                    "node %d: dropped a record gossiped by node %d: %s",
+                    self.me.node_id,
+                    sender,
+                    why,
+                )
+            if self._core.last_direct_ack(src) is not None:
+                self._acked.notify_all()
             out = self._collect()
         self._send(out)
 
@@ -245,6 +317,7 @@ class SwimMembership:
         self._unresolved.remove(cp)
         if node_id == self.me.node_id:
             return
+        self._contact_ids = {*self._contact_ids, node_id}
         with self._lock:
             if node_id not in self._addresses:
                 self._addresses[node_id] = (host, int(port))
@@ -252,6 +325,11 @@ class SwimMembership:
             self._core.join([node_id])
             out = self._collect()
         self._send(out)
+
+
+def _term(info: dict) -> int:
+    term = info.get("term", 0)
+    return term if type(term) is int else 0
 
 
 def _normalized(meta: dict) -> dict:
