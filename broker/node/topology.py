@@ -9,6 +9,23 @@
   (the one the next pending operation names), so versions never fork.
 * Executes the operations that name this broker, one at a time, and
   reconciles the partitions it hosts with the configuration.
+
+Gossip alone never destroys a partition (issue 12). The configuration is
+only a claim made by whoever gossiped the highest version; the partition's
+own Raft group is what the cluster committed. So:
+
+* a partition the configuration no longer gives us keeps running while our
+  replica's committed Raft configuration still contains this broker (the
+  claim is inconsistent with Raft: ignored, logged at WARNING);
+* its data is deleted only when the removal is verified (``_refusal``):
+  either our replica has committed and applied a configuration without us,
+  or the partition's leader answered our own reconfiguration request that it
+  committed it (PARTITION_LEAVE); and it is never the last copy we know of:
+  the partition is led, by another voter reachable by direct probe, and
+  everything in our log is committed (so a quorum of the remaining voters
+  holds it), or the leader committed our removal (Raft's leader completeness
+  gives the same). Otherwise the data stays on disk. Both outcomes are
+  logged at WARNING with the reason.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from broker.fsutil import CorruptFileError, read_checked, write_checked
@@ -31,6 +49,21 @@ log = logging.getLogger(__name__)
 
 GOSSIP_INTERVAL = 1.0
 STEP_INTERVAL = 0.1
+RAFT_QUERY_TIMEOUT = 2.0  # reading our replica's Raft state before acting on a claim
+DELETE_RETRY = 60.0  # how long a refused deletion is checked again
+
+
+@dataclass
+class _Deletion:
+    """A partition directory we stopped hosting and would delete once verified."""
+
+    directory: str
+    why: str
+    raft: dict | None  # our replica's Raft state when it stopped
+    leader_confirmed: bool
+    until: float
+    next_try: float = 0.0
+    warned: bool = False
 
 
 def now_iso() -> str:
@@ -51,6 +84,16 @@ class TopologyManager:
             target=self._run, name=f"topology-{self.node_id}", daemon=True
         )
         self.config = self._load(static_initial)
+        self._warned: set[tuple[int, int, str]] = set()  # (partition, version, what)
+        self._deletions: dict[int, _Deletion] = {}  # refused for now; step thread retries
+        peers = host.peers
+        if peers is not None and hasattr(peers, "topology_members"):
+            # Leadership claims are believed only from brokers of the configuration.
+            peers.topology_members = self.members
+
+    def members(self) -> list[int]:
+        """The brokers of the configuration that have not left."""
+        return self.config.active_members()
 
     # --- persistence -------------------------------------------------------------
 
@@ -169,6 +212,8 @@ class TopologyManager:
         return op.broker_id
 
     def _step(self) -> None:
+        if self._deletions:
+            self._retry_deletions()
         with self._lock:
             cfg = self.config
             if cfg.pending_change is None or not cfg.pending_change.pending:
@@ -219,7 +264,9 @@ class TopologyManager:
             replicas[op.broker_id] = op.priority
         committed = self.host.reconfigure_partition(op.partition_id, replicas)
         if committed and name == t.PARTITION_LEAVE:
-            self._drop_partition(op.partition_id, delete=True)
+            self._drop_partition(
+                op.partition_id, delete=True, why="left it (PARTITION_LEAVE)", leader_confirmed=True
+            )
         return committed
 
     def _all_replicas_forced(self, op: t.Operation) -> bool:
@@ -262,16 +309,160 @@ class TopologyManager:
                 }
         for pid, replicas in sorted(wanted.items()):
             self.host.ensure_partition(pid, replicas)
+        left = me is not None and me.state == "LEFT"
         for pid in list(self.host.runners):
             if pid not in wanted and pid not in in_motion:
-                self._drop_partition(pid, delete=me is not None and me.state == "LEFT")
+                why = f"topology version {cfg.version} says broker {self.node_id} " + (
+                    "LEFT" if left else "no longer hosts it"
+                )
+                self._drop_partition(pid, delete=left, why=why, version=cfg.version)
 
-    def _drop_partition(self, pid: int, delete: bool) -> None:
+    def _drop_partition(
+        self,
+        pid: int,
+        delete: bool,
+        why: str,
+        leader_confirmed: bool = False,
+        version: int | None = None,
+    ) -> None:
+        """Stop hosting ``pid``; delete its data only when verified (module doc).
+
+        ``leader_confirmed``: the partition's leader has just answered our own
+        request that a configuration without us is committed. Otherwise (a
+        topology claim, ``version``) the runner is left running while our
+        replica's committed Raft configuration still contains us."""
         with self._hosting:
-            runner = self.host.runners.pop(pid, None)
+            runner = self.host.runners.get(pid)
             if runner is None:
                 return
+            raft = self._raft_state(runner)
+            if not leader_confirmed:
+                if raft is None:
+                    self._warn_once(
+                        pid,
+                        version,
+                        "unknown",
+                        "partition %d: kept running: %s, but its Raft state cannot be read",
+                        pid,
+                        why,
+                    )
+                    return
+                if self.node_id in raft["voters"]:
+                    self._warn_once(
+                        pid,
+                        version,
+                        "voter",
+                        "partition %d: kept running: %s, but its Raft configuration %s "
+                        "still contains this broker (claim ignored)",
+                        pid,
+                        why,
+                        raft["voters"],
+                    )
+                    return
+            self.host.runners.pop(pid, None)
             runner.stop()
-            log.info("partition %d no longer hosted here%s", pid, " (deleted)" if delete else "")
-            if delete:
-                shutil.rmtree(runner.directory, ignore_errors=True)
+            if not delete:
+                log.info("partition %d no longer hosted here (%s); its data is kept", pid, why)
+                return
+            deletion = _Deletion(
+                runner.directory, why, raft, leader_confirmed, time.monotonic() + DELETE_RETRY
+            )
+            if not self._try_delete(pid, deletion):
+                # Maybe only for now (no leader elected yet): retried by the step thread.
+                self._deletions[pid] = deletion
+
+    def _try_delete(self, pid: int, d: _Deletion) -> bool:
+        """Delete ``d`` if verified (True); else log why it is kept (once)."""
+        refusal = self._refusal(pid, d.raft, d.leader_confirmed)
+        if refusal is not None:
+            if not d.warned:
+                d.warned = True
+                log.warning(
+                    "partition %d: stopped here (%s) but NOT deleting %s: %s (checked again "
+                    "for %g s)",
+                    pid,
+                    d.why,
+                    d.directory,
+                    refusal,
+                    DELETE_RETRY,
+                )
+            return False
+        log.warning(
+            "partition %d: deleting %s: %s; removal verified (%s)",
+            pid,
+            d.directory,
+            d.why,
+            "its leader committed it" if d.leader_confirmed else "committed in our Raft log",
+        )
+        shutil.rmtree(d.directory, ignore_errors=True)
+        return True
+
+    def _retry_deletions(self) -> None:
+        """Deletions refused for now are checked again, at most each second, for a while."""
+        now = time.monotonic()
+        for pid, d in list(self._deletions.items()):
+            if pid in self.host.runners or now >= d.until:
+                if pid not in self.host.runners:
+                    log.warning("partition %d: its data stays in %s", pid, d.directory)
+                del self._deletions[pid]
+            elif now >= d.next_try:
+                d.next_try = now + 1.0
+                with self._hosting:
+                    if pid not in self.host.runners and self._try_delete(pid, d):
+                        del self._deletions[pid]
+
+    def _raft_state(self, runner) -> dict | None:
+        """Our replica's Raft configuration and log positions, read on its thread."""
+
+        def read(core) -> dict:
+            return {
+                "voters": sorted(core.config.voters),
+                "configIndex": core.config_index,
+                "commit": core.commit,
+                "lastIndex": core.log.last_index,
+                "applied": runner.state.applied_index,
+                "term": core.term,
+                "leader": core.leader_id,
+            }
+
+        try:
+            return runner.call(read).result(RAFT_QUERY_TIMEOUT)
+        except Exception as exc:
+            log.debug("partition %d: Raft state unreadable: %s", runner.partition_id, exc)
+            return None
+
+    def _refusal(self, pid: int, raft: dict | None, leader_confirmed: bool) -> str | None:
+        """Why ``pid``'s data must not be deleted here, or None (see the module doc)."""
+        others = [v for v in raft["voters"] if v != self.node_id] if raft else []
+        if not leader_confirmed:
+            if raft is None:
+                return "its Raft state cannot be read"
+            if self.node_id in raft["voters"]:
+                return f"this broker is still a voter of {raft['voters']} in its Raft log"
+            if raft["configIndex"] > raft["commit"] or raft["applied"] < raft["configIndex"]:
+                return (
+                    f"the configuration without this broker (index {raft['configIndex']}) is "
+                    f"not committed and applied here (commit {raft['commit']}, applied "
+                    f"{raft['applied']})"
+                )
+            if raft["lastIndex"] > raft["commit"]:
+                return (
+                    f"our log reaches {raft['lastIndex']} but only {raft['commit']} is known "
+                    "committed: the other replicas may not hold it"
+                )
+        peers = self.host.peers
+        leader = peers.leader_of(pid) if peers is not None else None
+        if leader is None or leader == self.node_id:
+            return "no other broker is seen leading the partition (this may be the last copy)"
+        if not leader_confirmed and leader not in others:
+            return f"its leader, broker {leader}, is not one of the voters {others}"
+        reachable = getattr(peers, "reachable", None)
+        if reachable is None or not reachable(leader):
+            return f"its leader, broker {leader}, does not answer a direct probe"
+        return None
+
+    def _warn_once(self, pid: int, version: int | None, what: str, msg: str, *args) -> None:
+        key = (pid, -1 if version is None else version, what)
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg, *args)
