@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple
 
-from broker.partition import key_partition
+from broker.partition import APPEND, CAS, PUT, key_partition
+from broker.partition import encode as encode_command
 from broker.tls import describe_failure
 from broker.transport import RECV_SIZE, connect_client
 from broker.wire import (
@@ -42,7 +43,9 @@ from broker.wire import (
     ProtocolError,
     Request,
     Response,
+    command_too_large,
     encode_frame,
+    max_command_size,
 )
 
 DEFAULT_ADDRESS = "127.0.0.1:26500"
@@ -170,6 +173,34 @@ def _check_key(key: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"key must be str, not {type(key).__name__}")
     return key
+
+
+def _command_size(body: dict) -> int:
+    """Bytes of the command a gateway would propose for ``body`` (0: none that
+    can be large), encoded as the gateway encodes it."""
+    op = body.get("op")
+    if op == "append":
+        return len(encode_command(APPEND, body.get("data")))
+    if op == "put":
+        return len(encode_command(PUT, body.get("key"), body.get("value")))
+    if op == "cas":
+        return len(encode_command(CAS, body.get("key"), body.get("expected"), body.get("value")))
+    return 0
+
+
+def _too_large(body: dict) -> str | None:
+    """The gateway's refusal of a command too large to replicate, said before
+    anything is sent (with the default frame limit, as a gateway's)."""
+    rough = sum(
+        len(v) * (4 if type(v) is str else 1)
+        for k in ("data", "key", "value", "expected")
+        if isinstance(v := body.get(k), bytes | str)
+    )
+    limit = max_command_size(MAX_FRAME_SIZE)
+    if rough + 64 <= limit:  # the encoding adds at most ~20 bytes
+        return None
+    size = _command_size(body)
+    return command_too_large(size, MAX_FRAME_SIZE) if size > limit else None
 
 
 def parse_addresses(addresses: str | Iterable[str]) -> list[tuple[str, int]]:
@@ -508,6 +539,10 @@ class BrokerClient:
         timeout = self.timeout if timeout is None else timeout
         body["timeout"] = timeout
         fut: Future = Future()
+        refusal = _too_large(body)
+        if refusal is not None:
+            _settle(fut, error=InvalidArgument(refusal))
+            return fut
         leader = self._leader_for(body) if self._route and body["op"] != "topology" else None
         # A connection found closed before anything was sent on it is replaced
         # once; a second loss in a row is reported.

@@ -20,21 +20,29 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
 
 from broker import partition as sm
 from broker.node.seams import Link, Partitions
 from broker.raft.core import ProposalRejected
-from broker.raft.messages import Configuration
+from broker.raft.messages import MAX_NODE_ID, MAX_PRIORITY, MAX_VOTERS, Configuration
+from broker.wire import MAX_FRAME_SIZE, command_too_large, max_command_size
 
 log = logging.getLogger(__name__)
 
 RETRY_DELAY = 0.05  # between routing attempts while a partition has no known leader
 SWEEP_INTERVAL = 0.05  # how often requests past their deadline are answered
 MAX_READ = 10_000
+MAX_TIMEOUT = 3600.0  # seconds; a request's own timeout is capped by request_timeout anyway
+MAX_POSITION = 2**62 - 1  # record positions a read may start from
+MAX_COUNT = 2**31 - 1  # the largest "max" of a read (then capped at MAX_READ)
+MAX_PARTITIONS = 2**31 - 1
 # Client operations that add data: refused below data.freeSpace.processing.
 WRITE_OPS = frozenset({"append", "put", "cas", "delete"})
 
@@ -81,15 +89,176 @@ def _error(code: str, message: str) -> dict:
     return {"ok": False, "code": code, "message": message}
 
 
+def _show(value: Any) -> str:
+    """``repr`` of a value taken from a request, short enough for an answer or a log."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _need(body: dict, name: str, kind, optional: bool = False):
     value = body.get(name)
     if value is None and optional:
         return None
-    if kind is bytes and isinstance(value, str):
-        return value.encode()
+    if type(value) is str and kind in (str, bytes):
+        try:
+            data = value.encode()
+        except UnicodeEncodeError:
+            raise RequestError("INVALID_ARGUMENT", f"{name!r} is not valid UTF-8") from None
+        return data if kind is bytes else value
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
         raise RequestError("INVALID_ARGUMENT", f"{name!r} must be {kind.__name__}")
     return value
+
+
+def _need_int(body: dict, name: str, lo: int, hi: int, optional: bool = False) -> int | None:
+    value = _need(body, name, int, optional)
+    if value is not None and not lo <= value <= hi:
+        raise RequestError("INVALID_ARGUMENT", f"{name!r} must be in {lo}..{hi}, got {value}")
+    return value
+
+
+# What a client may ask (control commands come only from brokers), and the codes
+# an answer may carry: the labels of broker_gateway_requests_total come from these
+# sets only, so no request can add a time series.
+CLIENT_OPS = frozenset({"append", "read", "put", "get", "cas", "delete", "topology"})
+CONTROL_OPS = frozenset({"_reconfigure", "_export_init", "_rebalance"})
+KNOWN_OPS = CLIENT_OPS | CONTROL_OPS
+ERROR_CODES = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_LEADER",
+        "UNAVAILABLE",
+        "DEADLINE_EXCEEDED",
+        "RESOURCE_EXHAUSTED",
+        "OUT_OF_RANGE",
+        "NOT_FOUND",
+        "FAILED_PRECONDITION",
+    }
+)
+# The fields a forwarded request carries to the leader (besides "forwarded" and
+# "timeout"): nothing else a client put in its body travels further.
+FORWARDED_FIELDS = (
+    "op",
+    "data",
+    "partition",
+    "from",
+    "max",
+    "key",
+    "value",
+    "expected",
+    "replicas",
+    "exporter",
+)
+
+
+def op_label(body: Any, internal: bool = False) -> str:
+    """The ``op`` label of a request's metrics: a known op or "unknown"."""
+    op = body.get("op") if type(body) is dict else None
+    if type(op) is str and (op in CLIENT_OPS or (internal and op in CONTROL_OPS)):
+        return op
+    return "unknown"
+
+
+def code_label(result: dict) -> str:
+    """The ``code`` label of an answer: "OK", a known error code or "UNKNOWN"."""
+    if result.get("ok"):
+        return "OK"
+    code = result.get("code")
+    return code if type(code) is str and code in ERROR_CODES else "UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    """A valid request: its op, partition (None: any, or topology), command (the
+    bytes to propose, a function of the Raft core for control commands, None for
+    topology) and its own timeout (None: the gateway's)."""
+
+    op: str
+    partition: int | None
+    command: Any
+    timeout: float | None
+
+
+def parse_request(
+    body: Any, partitions_count: int, max_frame_size: int = MAX_FRAME_SIZE, internal: bool = False
+) -> Parsed:
+    """Validate a request body; ``RequestError`` (INVALID_ARGUMENT) names what is wrong.
+
+    Whatever it accepts can be replicated: a command (an entry's data) larger
+    than ``max_command_size(max_frame_size)`` is refused, as are numbers out of
+    range, of the wrong type (a bool is not a number), NaN or infinite."""
+    if type(body) is not dict:
+        raise RequestError("INVALID_ARGUMENT", "a request is a map")
+    op = op_label(body, internal)
+    if op == "unknown":
+        raise RequestError("INVALID_ARGUMENT", f"unknown op {_show(body.get('op'))}")
+    timeout = body.get("timeout")
+    if timeout is not None and (
+        type(timeout) not in (int, float)
+        or not math.isfinite(timeout)
+        or not 0 <= timeout <= MAX_TIMEOUT
+    ):
+        raise RequestError(
+            "INVALID_ARGUMENT", f"'timeout' must be a number of seconds in 0..{MAX_TIMEOUT:g}"
+        )
+    if op == "topology":
+        return Parsed(op, None, None, timeout)
+    pid, command = _command(op, body, partitions_count)
+    if type(command) is bytes:
+        limit = max_command_size(max_frame_size)
+        if len(command) > limit:
+            raise RequestError("INVALID_ARGUMENT", command_too_large(len(command), max_frame_size))
+    return Parsed(op, pid, command, timeout)
+
+
+def _partition(body: dict, p: int, optional: bool = False) -> int | None:
+    pid = _need_int(body, "partition", -MAX_PARTITIONS, MAX_PARTITIONS, optional)
+    if pid is not None and not 1 <= pid <= p:
+        raise RequestError("INVALID_ARGUMENT", f"partition must be 1..{p}, got {pid}")
+    return pid
+
+
+def _command(op: str, body: dict, p: int) -> tuple[int | None, Any]:
+    if op == "append":
+        data = _need(body, "data", bytes)
+        return _partition(body, p, optional=True), sm.encode(sm.APPEND, data)
+    if op == "read":
+        pid = _partition(body, p)
+        start = _need_int(body, "from", 0, MAX_POSITION, optional=True) or 1
+        count = _need_int(body, "max", 0, MAX_COUNT, optional=True) or 1000
+        return pid, sm.encode(sm.READ, start, max(1, min(count, MAX_READ)))
+    if op in ("put", "get", "cas", "delete"):
+        key = _need(body, "key", str)
+        pid = sm.key_partition(key, p)
+        if op == "put":
+            return pid, sm.encode(sm.PUT, key, _need(body, "value", bytes))
+        if op == "get":
+            return pid, sm.encode(sm.GET, key)
+        if op == "delete":
+            return pid, sm.encode(sm.DELETE, key)
+        expected = _need(body, "expected", bytes, optional=True)
+        return pid, sm.encode(sm.CAS, key, expected, _need(body, "value", bytes))
+    if op == "_reconfigure":  # internal: topology changes (PARTITION_JOIN, ...)
+        pid = _partition(body, p)
+        replicas = _need(body, "replicas", dict)
+        try:
+            voters = {int(b): int(prio) for b, prio in replicas.items()}
+        except (TypeError, ValueError, OverflowError):
+            voters = None
+        if (
+            voters is None
+            or len(voters) > MAX_VOTERS
+            or not all(0 <= b <= MAX_NODE_ID and 0 <= v <= MAX_PRIORITY for b, v in voters.items())
+        ):
+            raise RequestError("INVALID_ARGUMENT", "'replicas' maps broker ids to priorities")
+        return pid, _reconfigure(voters)
+    if op == "_export_init":  # internal: enable an exporter with initializeFrom
+        pid = _partition(body, p)
+        exporter, source = _need(body, "exporter", str), _need(body, "from", str)
+        return pid, sm.encode(sm.EXPORT_INIT, exporter, source)
+    if op == "_rebalance":  # internal: POST /actuator/rebalance
+        return _partition(body, p), _rebalance
+    raise RequestError("INVALID_ARGUMENT", f"unknown op {_show(op)}")
 
 
 class Scheduler:
@@ -129,9 +298,6 @@ class Scheduler:
                 log.exception("scheduled callback failed")
 
 
-CONTROL_OPS = frozenset({"_reconfigure", "_export_init", "_rebalance"})
-
-
 class Gateway:
     def __init__(
         self,
@@ -144,11 +310,15 @@ class Gateway:
         request_timeout: float,
         max_inflight: int,
         metrics=None,
+        max_frame_size: int = MAX_FRAME_SIZE,
     ):
         """``partitions``: the handles of the partitions hosted here (a live mapping);
         ``leader_of``: who leads a partition not hosted here (the membership view);
-        ``link``: requests to other brokers; ``topology``: the ``/v2/topology`` body."""
+        ``link``: requests to other brokers; ``topology``: the ``/v2/topology`` body;
+        ``max_frame_size``: the transport's frame limit, which bounds what is accepted
+        (anything accepted must fit in a replication frame)."""
         self.node_id = node_id
+        self.max_frame_size = max_frame_size
         self.partitions = partitions
         self.leader_of = leader_of
         self.link = link
@@ -185,39 +355,33 @@ class Gateway:
         another one over the internal link: only those may send control commands and
         forwarded requests."""
         start = time.monotonic()
-        op = body.get("op") if isinstance(body, dict) else None
-        if op in CONTROL_OPS and not internal:
-            op = None  # unknown to clients
+        op = op_label(body, internal)  # control commands are unknown to clients
         token = next(self._tokens)
 
         def reply(result: dict) -> None:
             if self._waiting.pop(token, None) is None:
                 return  # answered already (a request gets exactly one answer)
             if self.metrics:
-                code = "OK" if result.get("ok") else result.get("code", "UNKNOWN")
-                self.metrics.requests.labels(str(op), code).inc()
+                self.metrics.requests.labels(op, code_label(result)).inc()
             conn.send_response(req_id, result)
 
         self._waiting[token] = reply
         try:
-            if op == "topology":
-                reply({"ok": True, **self.topology()})
-                return
-            if op is None:
-                raise RequestError("INVALID_ARGUMENT", f"unknown op {body.get('op')!r}")
-            partition_id, command = self._command(op, body)
-            timeout = body.get("timeout")
-            if timeout is not None and not isinstance(timeout, int | float):
-                raise RequestError("INVALID_ARGUMENT", "'timeout' must be a number of seconds")
-            limit = self.request_timeout if timeout is None else min(timeout, self.request_timeout)
+            req = parse_request(body, self.partitions_count, self.max_frame_size, internal)
         except RequestError as exc:
             reply(_error(exc.code, exc.message))
             return
-        forwarded = internal and bool(body.get("forwarded"))
+        if req.op == "topology":
+            reply({"ok": True, **self.topology()})
+            return
+        limit = (
+            self.request_timeout if req.timeout is None else min(req.timeout, self.request_timeout)
+        )
+        forwarded = internal and body.get("forwarded") is True
         deadline = start + limit
         with self._lock:
             heapq.heappush(self._deadlines, (deadline, token))
-        self._route(partition_id, command, body, deadline, forwarded, reply)
+        self._route(req.partition, req.command, body, deadline, forwarded, reply)
 
     def _sweep(self) -> None:
         now, expired = time.monotonic(), []
@@ -232,50 +396,6 @@ class Gateway:
         if expire is not None:
             expire()  # requests to other brokers past their deadline
         self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
-
-    def _command(self, op, body: dict) -> tuple[int | None, bytes]:
-        p = self.partitions_count
-        if op == "append":
-            data = _need(body, "data", bytes)
-            pid = _need(body, "partition", int, optional=True)
-            if pid is not None and not 1 <= pid <= p:
-                raise RequestError("INVALID_ARGUMENT", f"partition must be 1..{p}, got {pid}")
-            return pid, sm.encode(sm.APPEND, data)
-        if op == "read":
-            pid = _need(body, "partition", int)
-            if not 1 <= pid <= p:
-                raise RequestError("INVALID_ARGUMENT", f"partition must be 1..{p}, got {pid}")
-            start = _need(body, "from", int, optional=True) or 1
-            count = _need(body, "max", int, optional=True) or 1000
-            return pid, sm.encode(sm.READ, start, max(1, min(count, MAX_READ)))
-        if op in ("put", "get", "cas", "delete"):
-            key = _need(body, "key", str)
-            pid = sm.key_partition(key, p)
-            if op == "put":
-                return pid, sm.encode(sm.PUT, key, _need(body, "value", bytes))
-            if op == "get":
-                return pid, sm.encode(sm.GET, key)
-            if op == "delete":
-                return pid, sm.encode(sm.DELETE, key)
-            expected = _need(body, "expected", bytes, optional=True)
-            return pid, sm.encode(sm.CAS, key, expected, _need(body, "value", bytes))
-        if op == "_reconfigure":  # internal: topology changes (PARTITION_JOIN, ...)
-            pid = _need(body, "partition", int)
-            replicas = _need(body, "replicas", dict)
-            try:
-                voters = {int(b): int(prio) for b, prio in replicas.items()}
-            except (TypeError, ValueError):
-                raise RequestError(
-                    "INVALID_ARGUMENT", "'replicas' maps broker ids to priorities"
-                ) from None
-            return pid, _reconfigure(voters)
-        if op == "_export_init":  # internal: enable an exporter with initializeFrom
-            pid = _need(body, "partition", int)
-            exporter, source = _need(body, "exporter", str), _need(body, "from", str)
-            return pid, sm.encode(sm.EXPORT_INIT, exporter, source)
-        if op == "_rebalance":  # internal: POST /actuator/rebalance
-            return _need(body, "partition", int), _rebalance
-        raise RequestError("INVALID_ARGUMENT", f"unknown op {op!r}")
 
     # --- routing ------------------------------------------------------------------
 
@@ -367,8 +487,9 @@ class Gateway:
             runner.propose(command, done)
 
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
-        remaining = deadline - time.monotonic()
-        fwd = {**body, "partition": pid, "forwarded": True, "timeout": remaining}
+        remaining = max(0.0, deadline - time.monotonic())
+        fwd = {k: body[k] for k in FORWARDED_FIELDS if k in body}
+        fwd.update(partition=pid, forwarded=True, timeout=remaining)
         fut = self.link.request(leader, fwd, timeout=remaining)
 
         def done(f) -> None:
