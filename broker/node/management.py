@@ -13,18 +13,41 @@ To add an endpoint, write a handler and add a Route row, for example::
 
 Every response body is JSON (errors are ``{"message": ...}``) except the
 Prometheus scrape endpoint.
+
+Limits (no input may cause a 500 or hold the server):
+* a body over MAX_BODY_SIZE is refused with 413 before it is read; a body
+  without Content-Length on an endpoint that needs one gets 411; chunked
+  bodies get 411;
+* JSON bodies: unparseable, nested deeper than MAX_JSON_DEPTH, integers of
+  more than MAX_JSON_INT_DIGITS digits and non-finite numbers (NaN, Infinity,
+  1e999) get 400;
+* integer query and path parameters are bounded (32-bit by default) and
+  checked before any handler work;
+* at most ``max_connections`` connections are served at once: past the cap the
+  longest-idle keep-alive connection is closed to make room, or else the new
+  connection is answered 503 (plain HTTP) or closed (TLS), with a warning;
+* a request (TLS handshake, request line, headers and body) must arrive within
+  ``request_deadline`` seconds of its first byte (of the accept for the TLS
+  handshake), else the connection is closed (408 once headers are in); an idle
+  keep-alive connection is closed after ``idle_timeout`` seconds;
+* with ``ssl_context`` every connection is TLS; the handshake runs in the
+  connection's own thread, never in the accept loop.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hmac
+import io
 import json
 import logging
+import math
 import re
 import socket
+import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -39,8 +62,22 @@ log = logging.getLogger("broker.node.management")
 
 MAX_BODY_SIZE = 1024 * 1024
 MAX_QUERY_FIELDS = 100
-# Idle keep-alive connections and slow clients give up their thread after this.
+# JSON bodies of the API nest 3 levels at most.
+MAX_JSON_DEPTH = 16
+# Enough for any 64-bit number; Python refuses int() of over 4300 digits anyway.
+MAX_JSON_INT_DIGITS = 20
+# Integer parameters (broker and partition ids, counts) are 32-bit, as in Zeebe.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Connections (each one a thread) served at once.
+MAX_CONNECTIONS = 32
+# A whole request (TLS handshake, request line, headers, body) must arrive within this.
+REQUEST_DEADLINE = 10.0
+# Idle keep-alive connections give up their thread after this.
 CONNECTION_TIMEOUT = 60.0
+# Sending one response may take this long (a client that does not read).
+WRITE_TIMEOUT = 30.0
+# At most one "connection cap reached" warning per this many seconds.
+CAP_LOG_INTERVAL = 10.0
 STOP_TIMEOUT = 5.0
 JSON_CONTENT_TYPE = "application/json"
 
@@ -112,11 +149,86 @@ def parse_bool(name: str, value: str) -> bool:
     raise HttpError(400, f"invalid value for {name}: {value!r} (expected true or false)")
 
 
-def parse_int(name: str, value: str) -> int:
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}\Z")
+
+
+def _shorten(value: str, limit: int = 40) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}... ({len(value)} characters)"
+
+
+def parse_int(name: str, value: str, minimum: int = INT32_MIN, maximum: int = INT32_MAX) -> int:
+    """A decimal integer in [minimum, maximum]; anything else is a 400 naming ``name``."""
+    if not _INTEGER.match(value):
+        raise HttpError(400, f"invalid value for {name}: {_shorten(value)!r} (expected an integer)")
+    number = int(value)
+    if not minimum <= number <= maximum:
+        raise HttpError(
+            400, f"{name} must be between {minimum} and {maximum}, got {_shorten(value)}"
+        )
+    return number
+
+
+class _BadNumber(ValueError):
+    pass
+
+
+def _json_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_JSON_INT_DIGITS:
+        raise _BadNumber(f"integer {_shorten(text)} has more than {MAX_JSON_INT_DIGITS} digits")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _BadNumber(f"number {_shorten(text)} is out of range")
+    return value
+
+
+def _json_constant(text: str) -> float:
+    raise _BadNumber(f"{text} is not a JSON number")
+
+
+def _json_depth(value: Any) -> int:
+    """How deeply arrays and objects nest in ``value`` (a scalar is 0)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def parse_json(body: bytes) -> Any:
+    """``body`` as strict JSON (UTF-8; no NaN or Infinity; bounded numbers and nesting)."""
     try:
-        return int(value)
-    except ValueError:
-        raise HttpError(400, f"invalid value for {name}: {value!r} (expected an integer)") from None
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise HttpError(400, f"invalid JSON body: not UTF-8 ({exc})") from None
+    try:
+        value = json.loads(
+            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
+    except _BadNumber as exc:
+        raise HttpError(400, f"invalid JSON body: {exc}") from None
+    except RecursionError:
+        raise HttpError(
+            400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels"
+        ) from None
+    except ValueError as exc:  # JSONDecodeError, and int()'s digit limit
+        raise HttpError(400, f"invalid JSON body: {exc}") from None
+    if _json_depth(value) > MAX_JSON_DEPTH:
+        raise HttpError(400, f"invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 @dataclass
@@ -136,23 +248,30 @@ class Request:
         value = self.query_str(name)
         return default if value is None else parse_bool(f"query parameter {name}", value)
 
-    def query_int(self, name: str, default: int | None = None) -> int | None:
+    def query_int(
+        self,
+        name: str,
+        default: int | None = None,
+        minimum: int = INT32_MIN,
+        maximum: int = INT32_MAX,
+    ) -> int | None:
         value = self.query_str(name)
-        return default if value is None else parse_int(f"query parameter {name}", value)
+        if value is None:
+            return default
+        return parse_int(f"query parameter {name}", value, minimum, maximum)
 
-    def path_int(self, name: str) -> int:
-        return parse_int(f"path parameter {name}", self.path_params[name])
+    def path_int(self, name: str, minimum: int = INT32_MIN, maximum: int = INT32_MAX) -> int:
+        return parse_int(f"path parameter {name}", self.path_params[name], minimum, maximum)
 
     def json(self, *, required: bool = True) -> Any:
         """The body parsed as JSON; None for an empty body unless required."""
         if not self.body.strip():
             if required:
+                if self.headers.get("Content-Length") is None:
+                    raise HttpError(411, "request body required (JSON) with a Content-Length")
                 raise HttpError(400, "request body required (JSON)")
             return None
-        try:
-            return json.loads(self.body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise HttpError(400, f"invalid JSON body: {exc}") from None
+        return parse_json(self.body)
 
 
 Handler = Callable[[ManagementSource, Request], Response]
@@ -201,10 +320,13 @@ def _probe(key: str | None) -> Handler:
 
     def handler(source: ManagementSource, req: Request) -> Response:
         health = source.health()
+        # UP only for a real True: a missing key, None or a string such as "false" is DOWN.
         if key is None:
-            up = bool(health["live"] and health["ready"] and health.get("healthy", True))
+            up = all(health.get(k) is True for k in ("live", "ready")) and (
+                health.get("healthy", True) is True
+            )
         else:
-            up = bool(health[key])
+            up = health.get(key) is True
         body = {"status": "UP" if up else "DOWN", "details": health.get("details", {})}
         return json_response(body, 200 if up else 503)
 
@@ -238,35 +360,114 @@ ROUTES: tuple[Route, ...] = (
 # --- HTTP plumbing ------------------------------------------------------------
 
 
+class _Connection:
+    """One accepted connection: the socket to shut to wake its thread (the TLS
+    socket once wrapped) and since when it has been idle between requests."""
+
+    __slots__ = ("evicted", "idle_since", "sock")
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.idle_since: float | None = None
+        self.evicted = False
+
+    def shut(self) -> None:
+        # socket.socket's own shutdown: SSLSocket.shutdown would drop the TLS
+        # object under the thread that is blocked reading from it.
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+
+
+def _drain(sock: socket.socket) -> None:
+    """Read what the peer already sent without blocking, so that closing sends a
+    FIN (which lets the peer read our answer) rather than a reset."""
+    with contextlib.suppress(OSError):
+        for _ in range(16):
+            if not sock.recv(65536, socket.MSG_DONTWAIT):
+                return
+
+
+_BUSY_BODY = json.dumps({"message": "too many management connections; try again later"}).encode()
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Content-Length: %d\r\nRetry-After: 1\r\nConnection: close\r\n\r\n" % len(_BUSY_BODY)
+) + _BUSY_BODY
+
+
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], app: ManagementServer):
         self.app = app
-        self._connections: set[socket.socket] = set()
+        self._connections: dict[socket.socket, _Connection] = {}
         self._connections_lock = threading.Lock()
+        self._refused = 0
+        self._last_cap_log = -math.inf
         super().__init__(address, _RequestHandler)
 
     def process_request(self, request, client_address):
         with self._connections_lock:
-            self._connections.add(request)
+            admitted = self._admit(request)
+        if not admitted:
+            self._refuse(request, client_address)
+            return
         super().process_request(request, client_address)
+
+    def _admit(self, request: socket.socket) -> bool:
+        """Under the lock: take a slot, closing the longest-idle keep-alive
+        connection if the cap is reached; False if every slot is busy."""
+        live = [c for c in self._connections.values() if not c.evicted]
+        if len(live) >= self.app.max_connections:
+            idle = [c for c in live if c.idle_since is not None]
+            if not idle:
+                return False
+            oldest = min(idle, key=lambda c: c.idle_since)
+            oldest.evicted = True
+            oldest.shut()
+        self._connections[request] = _Connection(request)
+        return True
+
+    def _refuse(self, request: socket.socket, client_address) -> None:
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._last_cap_log >= CAP_LOG_INTERVAL:
+            log.warning(
+                "management API: connection cap of %d reached (all busy); refused %d "
+                "connection(s), the latest from %s",
+                self.app.max_connections,
+                self._refused,
+                client_address[0],
+            )
+            self._last_cap_log, self._refused = now, 0
+        if self.app.ssl_context is None:  # a TLS client cannot read a plain answer
+            _drain(request)
+            with contextlib.suppress(OSError):
+                request.send(_BUSY_RESPONSE, socket.MSG_DONTWAIT)
+            with contextlib.suppress(OSError):
+                request.shutdown(socket.SHUT_WR)
+            _drain(request)
+        with contextlib.suppress(OSError):
+            request.close()
+
+    def connection(self, request: socket.socket) -> _Connection | None:
+        with self._connections_lock:
+            return self._connections.get(request)
 
     def shutdown_request(self, request):
         with self._connections_lock:
-            self._connections.discard(request)
+            self._connections.pop(request, None)
         super().shutdown_request(request)
 
     def close_connections(self) -> None:
         """Wake handler threads blocked on idle keep-alive connections."""
         with self._connections_lock:
-            connections = list(self._connections)
+            connections = list(self._connections.values())
         for conn in connections:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
+            conn.shut()
 
     def handle_error(self, request, client_address):
-        if isinstance(sys.exc_info()[1], ConnectionError):
+        if isinstance(sys.exc_info()[1], ConnectionError | ssl.SSLError):
             log.debug("management connection from %s dropped", client_address, exc_info=True)
         else:
             log.exception("management connection from %s failed", client_address)
@@ -276,6 +477,44 @@ class _HTTPServer6(_HTTPServer):
     address_family = socket.AF_INET6
 
 
+class _DeadlineReader(io.RawIOBase):
+    """Reads from a socket waiting at most ``idle_timeout`` for the first byte of a
+    request, then only until the request's deadline (so a client that drips one
+    byte at a time cannot hold the connection)."""
+
+    def __init__(self, sock: socket.socket, idle_timeout: float):
+        self._sock = sock
+        self.idle_timeout = idle_timeout
+        self.deadline: float | None = None  # None: waiting for a request
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.deadline is None:
+            timeout = self.idle_timeout
+        else:
+            timeout = self.deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("request not received within its deadline")
+        self._sock.settimeout(timeout)
+        return self._sock.recv_into(buffer)
+
+
+class _SocketWriter(io.BufferedIOBase):
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._sock.settimeout(WRITE_TIMEOUT)
+        self._sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
 class _RequestHandler(BaseHTTPRequestHandler):
     server: _HTTPServer
     protocol_version = "HTTP/1.1"
@@ -283,9 +522,91 @@ class _RequestHandler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"
     server_version = "broker-management"
     sys_version = ""
-    timeout = CONNECTION_TIMEOUT
-    # Headers and body go out in separate writes; Nagle would delay the body on keep-alive.
-    disable_nagle_algorithm = True
+
+    def setup(self) -> None:
+        """Runs in the connection's own thread: the TLS handshake happens here."""
+        app = self.server.app
+        accepted = time.monotonic()
+        self._tls: ssl.SSLSocket | None = None
+        self._failed = False
+        self._conn = self.server.connection(self.request)
+        sock = self.request
+        with contextlib.suppress(OSError):
+            # Headers and body go out in separate writes; Nagle would delay the body.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        if app.ssl_context is not None:
+            sock = self._handshake(app.ssl_context, accepted + app.request_deadline)
+        self.connection = sock
+        self._reader = _DeadlineReader(sock, app.idle_timeout)
+        self._reader.deadline = accepted + app.request_deadline
+        self._served = False
+        self.rfile = io.BufferedReader(self._reader)
+        self.wfile = _SocketWriter(sock)
+
+    def _handshake(self, context: ssl.SSLContext, deadline: float) -> ssl.SSLSocket:
+        peer = self.client_address[0]
+        tls = context.wrap_socket(self.request, server_side=True, do_handshake_on_connect=False)
+        self._tls = tls
+        if self._conn is not None:
+            self._conn.sock = tls
+            if self._conn.evicted:  # stopped while wrapping
+                self._conn.shut()
+        try:
+            tls.settimeout(max(deadline - time.monotonic(), 0.001))
+            tls.do_handshake()
+        except ssl.SSLError as exc:
+            self._failed = True
+            if exc.reason == "HTTP_REQUEST":
+                log.warning("management API: plain HTTP request from %s on the TLS port", peer)
+            else:
+                log.info("management API: TLS handshake with %s failed: %s", peer, exc)
+        except TimeoutError:
+            self._failed = True
+            log.info("management API: TLS handshake with %s not done within its deadline", peer)
+        except OSError as exc:
+            self._failed = True
+            log.info("management API: TLS handshake with %s failed: %s", peer, exc)
+        return tls
+
+    def handle(self) -> None:
+        if self._failed:
+            return
+        try:
+            super().handle()
+        except (ConnectionError, ssl.SSLError) as exc:
+            log.debug("management connection from %s dropped: %s", self.client_address[0], exc)
+
+    def handle_one_request(self) -> None:
+        # The first request must arrive within the request deadline of the accept
+        # (a connection that sends nothing is no idle keep-alive client). Later,
+        # wait up to the idle timeout for the first byte of the next request
+        # (the connection counts as idle meanwhile and may be closed to make
+        # room); from then on the whole request must arrive within the deadline.
+        if self._served:
+            self._reader.deadline = None
+            if self._conn is not None:
+                self._conn.idle_since = time.monotonic()
+        try:
+            first = self.rfile.peek(1)
+        except (TimeoutError, OSError):
+            first = b""
+        if self._conn is not None:
+            self._conn.idle_since = None
+        if not first or (self._conn is not None and self._conn.evicted):
+            self.close_connection = True
+            return
+        if self._served:
+            self._reader.deadline = time.monotonic() + self.server.app.request_deadline
+        self._served = True
+        super().handle_one_request()
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            if self._tls is not None:
+                with contextlib.suppress(OSError):
+                    self._tls.close()
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -328,7 +649,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return route.handler(app.source, request)
 
     def _authorized(self, token: str) -> bool:
-        presented = self.headers.get("Authorization", "").encode("latin-1")
+        presented = self.headers.get("Authorization", "").encode("latin-1", "replace")
         return hmac.compare_digest(presented, b"Bearer " + token.encode())
 
     def _has_body(self) -> bool:
@@ -337,16 +658,34 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "Transfer-Encoding" in self.headers:
             raise HttpError(411, "chunked bodies are not supported; send Content-Length")
-        raw = self.headers.get("Content-Length")
-        if raw is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             self._body_read = True
             return b""
+        raw = lengths[0].strip()
+        if any(other.strip() != raw for other in lengths[1:]):
+            raise HttpError(400, "conflicting Content-Length headers")
         if not (raw.isascii() and raw.isdigit()):
-            raise HttpError(400, f"invalid Content-Length: {raw!r}")
+            raise HttpError(400, f"invalid Content-Length: {_shorten(raw)!r}")
+        # Compare as text first: int() of a 5000-digit string raises ValueError.
+        if len(raw.lstrip("0")) > len(str(MAX_BODY_SIZE)) or int(raw) > MAX_BODY_SIZE:
+            raise HttpError(
+                413, f"request body too large: {_shorten(raw)} bytes (limit {MAX_BODY_SIZE})"
+            )
         length = int(raw)
-        if length > MAX_BODY_SIZE:
-            raise HttpError(413, f"request body too large: {length} bytes (limit {MAX_BODY_SIZE})")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            self._body_read = True
+            log.info(
+                "management API: request body from %s not received within %.0fs; closing",
+                self.client_address[0],
+                self.server.app.request_deadline,
+            )
+            raise HttpError(
+                408, f"request not received within {self.server.app.request_deadline:g}s"
+            ) from None
         self._body_read = True
         if len(body) < length:
             self.close_connection = True
@@ -390,7 +729,11 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 class ManagementServer:
-    """The management API of one broker, served on its own threads."""
+    """The management API of one broker, served on its own threads.
+
+    ``ssl_context`` (server side) makes it HTTPS; ``max_connections``,
+    ``request_deadline`` and ``idle_timeout`` bound what clients can hold (see
+    the module docstring)."""
 
     def __init__(
         self,
@@ -400,12 +743,22 @@ class ManagementServer:
         token: str | None = None,
         *,
         routes: Sequence[Route] = ROUTES,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_deadline: float = REQUEST_DEADLINE,
+        idle_timeout: float = CONNECTION_TIMEOUT,
     ):
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.source = source
         self.host = host
         self.port = port
         self.token = token
         self.routes = tuple(routes)
+        self.ssl_context = ssl_context
+        self.max_connections = max_connections
+        self.request_deadline = request_deadline
+        self.idle_timeout = idle_timeout
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -422,7 +775,12 @@ class ManagementServer:
             daemon=True,
         )
         self._thread.start()
-        log.info("management API listening on %s:%d", self.host, self.port)
+        log.info(
+            "management API listening on %s:%d (%s)",
+            self.host,
+            self.port,
+            "https" if self.ssl_context is not None else "http",
+        )
 
     def stop(self) -> None:
         httpd, thread = self._httpd, self._thread

@@ -12,6 +12,13 @@ Guards against the known field failures:
 * a second change while one is pending gets 409, except that an identical
   retried forced request is answered with the change already under way (or
   already completed) instead of failing or applying twice.
+
+Bounds, checked before anything is planned, forwarded or persisted (400 with
+the field and the allowed range): broker ids 0..MAX_BROKER_ID (Zeebe's 32-bit
+ids; a larger id cannot be gossiped), at most MAX_BROKERS brokers in a request
+or in the resulting cluster (brokers.count, add/remove lists, the POST list),
+a replication factor of 1..MAX_BROKERS, and at most MAX_PLAN_OPERATIONS
+operations in a plan.
 """
 
 from __future__ import annotations
@@ -21,31 +28,83 @@ import urllib.parse
 import urllib.request
 
 from broker.node.management import (
+    INT32_MAX,
     HttpError,
     Request,
     Response,
     Route,
     empty_response,
     json_response,
+    parse_int,
 )
 from broker.node.topology import now_iso
 from broker.topology import model as t
 
 OVERRIDE = "allowRemovingReachableBrokers"
+# Broker ids are Zeebe's 32-bit node ids.
+MAX_BROKER_ID = INT32_MAX
+# The largest cluster a request may ask for (and the longest list of brokers in one).
+MAX_BROKERS = 1024
+# The most operations one change may plan (partitions x replicas, brokers).
+MAX_PLAN_OPERATIONS = 100_000
 
 
 def _ids(values, what: str) -> list[int]:
     if not isinstance(values, list):
         raise HttpError(400, f"{what} must be a JSON array of broker ids")
+    if len(values) > MAX_BROKERS:
+        raise HttpError(
+            400, f"{what} names {len(values)} brokers; at most {MAX_BROKERS} are allowed"
+        )
     out = []
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | str):
-            raise HttpError(400, f"{what}: {v!r} is not a broker id")
-        try:
-            out.append(int(v))
-        except ValueError:
-            raise HttpError(400, f"{what}: {v!r} is not a broker id") from None
+        if isinstance(v, str):
+            out.append(parse_int(f"{what} broker id", v, 0, MAX_BROKER_ID))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            if not 0 <= v <= MAX_BROKER_ID:
+                raise HttpError(
+                    400, f"{what}: broker id {v} is out of range (0 to {MAX_BROKER_ID})"
+                )
+            out.append(v)
+        else:
+            raise HttpError(400, f"{what}: {_show(v)} is not a broker id")
     return out
+
+
+def _show(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _replication_factor(value, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HttpError(400, f"{what} must be an integer")
+    if not 1 <= value <= MAX_BROKERS:
+        raise HttpError(400, f"{what} must be between 1 and {MAX_BROKERS}, got {value}")
+    return value
+
+
+def _check_size(cfg: t.ClusterConfig, brokers: list[int], rf: int | None) -> None:
+    """Refuse a plan that would be too large before computing it."""
+    target = set(brokers)
+    if len(target) > MAX_BROKERS:
+        raise HttpError(
+            400,
+            f"the resulting cluster would have {len(target)} brokers; "
+            f"at most {MAX_BROKERS} are allowed",
+        )
+    current = cfg.active_members()
+    new_rf = rf if rf is not None else cfg.replication_factor()
+    bound = cfg.partitions_count * (2 * new_rf + cfg.replication_factor())
+    bound += len(target) + len(current)
+    if bound > MAX_PLAN_OPERATIONS:
+        raise HttpError(
+            400,
+            f"the change could need up to {bound} operations; "
+            f"at most {MAX_PLAN_OPERATIONS} are allowed",
+        )
 
 
 def _respond_change(source, req: Request, ops, force: bool, request_key: str) -> Response:
@@ -113,6 +172,7 @@ def _forward_or_none(source, req: Request, coordinator: int) -> Response | None:
 
 def _scale(source, req: Request, brokers: list[int], rf: int | None) -> Response:
     cfg = source.topology_manager.config
+    _check_size(cfg, brokers, rf)
     forwarded = _forward_or_none(source, req, cfg.coordinator())
     if forwarded is not None:
         return forwarded
@@ -160,20 +220,22 @@ def get_cluster(source, req: Request) -> Response:
 
 
 def post_brokers(source, req: Request) -> Response:
+    rf = req.query_int("replicationFactor", None, 1, MAX_BROKERS)
     brokers = _ids(req.json(), "body")
     if req.query_bool("force"):
         return _force_remove(source, req, brokers)
-    return _scale(source, req, brokers, req.query_int("replicationFactor"))
+    return _scale(source, req, brokers, rf)
 
 
 def add_broker(source, req: Request) -> Response:
     cfg = source.topology_manager.config
-    return _scale(source, req, [*cfg.active_members(), req.path_int("id")], None)
+    added = req.path_int("id", 0, MAX_BROKER_ID)
+    return _scale(source, req, [*cfg.active_members(), added], None)
 
 
 def remove_broker(source, req: Request) -> Response:
     cfg = source.topology_manager.config
-    gone = req.path_int("id")
+    gone = req.path_int("id", 0, MAX_BROKER_ID)
     if gone not in cfg.active_members():
         raise HttpError(400, f"broker {gone} is not a member")
     return _scale(source, req, [m for m in cfg.active_members() if m != gone], None)
@@ -183,8 +245,10 @@ def patch_cluster(source, req: Request) -> Response:
     body = req.json()
     if not isinstance(body, dict):
         raise HttpError(400, "body must be a JSON object with 'brokers' and/or 'partitions'")
-    brokers = body.get("brokers") or {}
-    partitions = body.get("partitions") or {}
+    brokers = body.get("brokers")
+    partitions = body.get("partitions")
+    brokers = {} if brokers is None else brokers
+    partitions = {} if partitions is None else partitions
     if not isinstance(brokers, dict) or not isinstance(partitions, dict):
         raise HttpError(400, "'brokers' and 'partitions' must be JSON objects")
     unknown = [f"{k}" for k in body if k not in ("brokers", "partitions")]
@@ -197,17 +261,17 @@ def patch_cluster(source, req: Request) -> Response:
     cfg = source.topology_manager.config
     add = _ids(brokers.get("add", []), "brokers.add")
     remove = _ids(brokers.get("remove", []), "brokers.remove")
-    rf = partitions.get("replicationFactor")
-    if rf is not None and (isinstance(rf, bool) or not isinstance(rf, int)):
-        raise HttpError(400, "partitions.replicationFactor must be an integer")
+    rf = _replication_factor(partitions.get("replicationFactor"), "partitions.replicationFactor")
     if req.query_bool("force"):
         if add or "count" in brokers or rf is not None:
             raise HttpError(400, "a forced change can only remove brokers")
         return _force_remove(source, req, [m for m in cfg.active_members() if m not in remove])
     if "count" in brokers:
         count = brokers["count"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise HttpError(400, "brokers.count must be a positive integer")
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise HttpError(400, "brokers.count must be an integer")
+        if not 1 <= count <= MAX_BROKERS:
+            raise HttpError(400, f"brokers.count must be between 1 and {MAX_BROKERS}, got {count}")
         target = list(range(count))
     else:
         target = [m for m in {*cfg.active_members(), *add} if m not in remove]
@@ -231,6 +295,8 @@ def _exporter(enable: bool):
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
         init = body.get("initializeFrom") if enable else None
+        if init is not None and not isinstance(init, str):
+            raise HttpError(400, "initializeFrom must be an exporter id (a string) or null")
         exporter = req.path_params["id"]
         try:
             ops = t.plan_exporter(cfg, exporter, enable, init)
