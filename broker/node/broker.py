@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 
 from broker import __version__
@@ -27,7 +28,7 @@ from broker.node.topology import TopologyManager, now_iso
 from broker.peers import Member
 from broker.raft.core import RaftConfig
 from broker.raft.messages import Configuration
-from broker.tls import BrokerTls, TlsSetupError, broker_contexts
+from broker.tls import BrokerTls, TlsSetupError, broker_contexts, client_context
 from broker.topology import model as tmodel
 from broker.transport import Transport
 
@@ -76,6 +77,9 @@ class Broker:
         self.topology_manager: TopologyManager | None = None
         self.gateway_transport: Transport | None = None
         self.management = None
+        # With TLS: how this broker calls another's management API (forwarding a
+        # topology change to its coordinator), showing its own certificate.
+        self.management_client_ssl: ssl.SSLContext | None = None
         self.disk: DiskSpaceMonitor | None = None
 
     # --- lifecycle -------------------------------------------------------------
@@ -92,6 +96,12 @@ class Broker:
     def start(self) -> None:
         cfg, c = self.cfg, self.cfg.cluster
         tls = self._tls_contexts()  # before anything binds or writes: a bad file stops us
+        if tls is not None:
+            t = cfg.security.tls
+            # Peers are known by address, and the CA vouches for the node.
+            self.management_client_ssl = client_context(
+                t.ca, t.certificate, t.private_key, check_hostname=False
+            )
         for warning in dual_region_warnings(cfg):
             log.warning("%s", warning)
         os.makedirs(cfg.data.directory, exist_ok=True)
@@ -151,6 +161,7 @@ class Broker:
             cfg.management.port,
             cfg.management.token,
             routes=ROUTES + topology_api.ROUTES,
+            ssl_context=tls and tls.management,
         )
         self.management.start()
         advertised = cfg.network.effective_advertised_host

@@ -154,7 +154,9 @@ def _forward_or_none(source, req: Request, coordinator: int) -> Response | None:
     member = source.peers.members.get(coordinator)
     if member is None or not member.management_port or not source.peers.alive(coordinator):
         raise HttpError(503, f"the coordinator, broker {coordinator}, is not reachable")
-    url = f"http://{member.host}:{member.management_port}{req.path}"
+    ssl_context = source.management_client_ssl  # this broker's own cert, with TLS
+    scheme = "https" if ssl_context is not None else "http"
+    url = f"{scheme}://{member.host}:{member.management_port}{req.path}"
     if req.query:
         url += "?" + urllib.parse.urlencode([(k, v) for k, vs in req.query.items() for v in vs])
     fwd = urllib.request.Request(url, data=req.body or None, method=req.method)
@@ -162,7 +164,7 @@ def _forward_or_none(source, req: Request, coordinator: int) -> Response | None:
     if source.cfg.management.token:
         fwd.add_header("Authorization", f"Bearer {source.cfg.management.token}")
     try:
-        with urllib.request.urlopen(fwd, timeout=10) as resp:
+        with urllib.request.urlopen(fwd, timeout=10, context=ssl_context) as resp:
             return Response(resp.status, resp.read(), "application/json")
     except urllib.error.HTTPError as exc:
         return Response(exc.code, exc.read(), "application/json")

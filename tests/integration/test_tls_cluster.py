@@ -57,6 +57,21 @@ def _state(c: LocalCluster) -> dict:
     return view
 
 
+def _settled(c: LocalCluster) -> tuple[dict, dict]:
+    """State and files once two looks half a second apart agree (a cluster that
+    just started may still be recording its topology)."""
+    last = None
+
+    def same_twice():
+        nonlocal last
+        now = (_state(c), _files(c))
+        agreed, last = now == last, now
+        return agreed
+
+    wait_for(same_twice, 20, "a settled cluster", interval=0.5)
+    return last
+
+
 def _files(c: LocalCluster) -> dict[str, str]:
     """Hashes of every file under the data directories except the journals'
     segments (which heartbeats do not touch either, but keep the check to state)."""
@@ -99,7 +114,7 @@ def test_rogue_peers_never_join_and_never_change_anything(tls_cluster, tmp_path)
     with c.client() as client:
         assert len(write(client, 20, "before")) == 20
     c.wait_leaders()
-    before_state, before_files = _state(c), _files(c)
+    before_state, before_files = _settled(c)
     terms = {p[0]: p[2] for b in before_state[0]["brokers"] for p in b[2] if p[1] == "leader"}
 
     foreign = ClusterCA(tmp_path / "foreign", c.cluster_name)  # right name, wrong CA
