@@ -4,6 +4,11 @@ A file written with ``write_checked`` is replaced atomically (temp file in the
 same directory, fsync, rename, fsync of the directory), so after a crash the
 path holds either the old or the new content, and ``read_checked`` detects any
 other damage (truncation, bit flips, a foreign file) instead of returning it.
+
+Everything the broker stores is private to its user: directories are created
+0700 and files 0600 with explicit modes (``make_private_dirs``, ``FILE_MODE``),
+whatever the umask, so no install step is needed to keep the data unreadable
+to other local users.
 """
 
 from __future__ import annotations
@@ -20,15 +25,49 @@ _ENVELOPE = struct.Struct("<4sHHQI")
 _MAGIC = b"BRKF"
 _VERSION = 1
 _TEMP_SUFFIX = ".tmp"
+DIR_MODE = 0o700  # every directory the broker creates
+FILE_MODE = 0o600  # every file the broker creates
 
 
-class CorruptFileError(Exception):
-    """A durable file exists but its content is damaged or not ours."""
+class StorageError(Exception):
+    """Stored data that the broker cannot use as it is; ``repair`` says what to do.
 
-    def __init__(self, path: str | os.PathLike, reason: str):
-        super().__init__(f"{os.fspath(path)}: {reason}")
+    Raised at start (the daemon prints it and exits with EXIT_STORAGE, no traceback)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, repair: str = ""):
         self.path = os.fspath(path)
         self.reason = reason
+        self.repair = repair
+        super().__init__(f"{self.path}: {reason}" + (f"; {repair}" if repair else ""))
+
+
+class CorruptFileError(StorageError):
+    """A durable file exists but its content is damaged or not ours."""
+
+    def __init__(self, path: str | os.PathLike, reason: str, repair: str = ""):
+        super().__init__(path, reason, repair)
+
+
+def make_private_dirs(path: str | os.PathLike) -> None:
+    """``os.makedirs(path, exist_ok=True)``, but every directory it creates is 0700
+    (set explicitly: neither the umask nor makedirs' handling of intermediate
+    directories decides). Existing directories are left as they are."""
+    path = os.path.abspath(os.fspath(path))
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, DIR_MODE)
+        except FileExistsError:
+            if not os.path.isdir(d):
+                raise
+            continue  # created meanwhile by someone else: theirs
+        os.chmod(d, DIR_MODE)
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -46,6 +85,7 @@ def atomic_write(path: str | os.PathLike, data: bytes) -> None:
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=_TEMP_SUFFIX, dir=directory)
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 today; stated, not assumed
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

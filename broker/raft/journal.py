@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from struct import Struct
 
-from broker.fsutil import CorruptFileError
+from broker.fsutil import FILE_MODE, CorruptFileError, make_private_dirs
 from broker.raft.messages import Entry, EntryKind
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ class Journal:
         self._dirty: list[_Segment] = []  # segments written since the last flush
         self._dir_dirty = False
         self._closed = False
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dirs(self.directory)
         self._dir_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(self._dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -331,7 +331,12 @@ class Journal:
 
     def _new_segment(self, first: int) -> _Segment:
         path = self._path(first)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)  # whatever the umask, and if the file existed
+        except OSError:
+            os.close(fd)
+            raise
         seg = _Segment(path, fd, first, array("Q"), 0)
         self._dir_dirty = True
         try:

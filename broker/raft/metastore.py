@@ -12,7 +12,13 @@ import os
 
 import msgpack
 
-from broker.fsutil import CorruptFileError, read_checked, remove_temp_files, write_checked
+from broker.fsutil import (
+    CorruptFileError,
+    make_private_dirs,
+    read_checked,
+    remove_temp_files,
+    write_checked,
+)
 from broker.raft.messages import Configuration, HardState
 
 _FILE = "meta"
@@ -20,7 +26,7 @@ _FILE = "meta"
 
 class MetaStore:
     def __init__(self, directory: str | os.PathLike):
-        os.makedirs(directory, exist_ok=True)
+        make_private_dirs(directory)
         self.path = os.path.join(os.fspath(directory), _FILE)
         remove_temp_files(directory, _FILE + ".")
 

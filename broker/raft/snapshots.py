@@ -11,12 +11,14 @@ import logging
 import os
 import re
 import struct
+from collections.abc import Iterator
 
 import msgpack
 
 from broker.fsutil import (
     CorruptFileError,
     fsync_dir,
+    make_private_dirs,
     read_checked,
     remove_temp_files,
     write_checked,
@@ -33,7 +35,7 @@ _META_LEN = struct.Struct("<I")
 class SnapshotStore:
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        make_private_dirs(self.directory)
         remove_temp_files(self.directory, "snapshot-")
 
     def save(self, meta: SnapshotMeta, data: bytes) -> None:
@@ -51,16 +53,25 @@ class SnapshotStore:
 
     def latest(self) -> tuple[SnapshotMeta, bytes] | None:
         """The newest readable snapshot; a damaged one is skipped with a warning."""
+        return next(self.readable(), None)
+
+    def readable(self) -> Iterator[tuple[SnapshotMeta, bytes]]:
+        """Every snapshot whose file is intact (checksum and header verified), newest
+        first; a damaged one is skipped with a warning naming its path."""
         for index, term, name in reversed(self._files()):
             path = os.path.join(self.directory, name)
             try:
                 meta, data = _decode(path, read_checked(path))
                 if (meta.index, meta.term) != (index, term):
                     raise CorruptFileError(path, f"holds snapshot {meta.index}/{meta.term}")
-                return meta, data
             except CorruptFileError as e:
                 log.warning("skipping damaged snapshot: %s", e)
-        return None
+                continue
+            yield meta, data
+
+    def paths(self) -> list[str]:
+        """The snapshot files present, oldest first (readable or not)."""
+        return [os.path.join(self.directory, name) for _, _, name in self._files()]
 
     def _files(self) -> list[tuple[int, int, str]]:
         """Snapshot files as (index, term, name), oldest first."""
@@ -82,7 +93,10 @@ def _decode(path: str, payload: bytes) -> tuple[SnapshotMeta, bytes]:
         index, term, config, config_term = msgpack.unpackb(
             payload[_META_LEN.size : _META_LEN.size + n]
         )
+        for name, value in (("index", index), ("term", term), ("config term", config_term)):
+            if type(value) is not int or value < 0:
+                raise ValueError(f"snapshot {name} {value!r} is not a non-negative int")
         meta = SnapshotMeta(index, term, Configuration.decode(config), config_term)
-    except (ValueError, TypeError, struct.error, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, KeyError, struct.error, msgpack.UnpackException) as e:
         raise CorruptFileError(path, f"undecodable snapshot header: {e!r}") from e
     return meta, payload[_META_LEN.size + n :]
