@@ -29,9 +29,14 @@ import urllib.error
 import urllib.request
 
 from broker.config import BrokerConfig, ConfigError, check_tls_files, load_config, parse_size
+from broker.fsutil import StorageError
 from broker.tls import client_context
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
+# Damaged data at start (a corrupt meta, snapshot or segment file): restarting cannot
+# help, an operator must act. The same code as a bad config (ConfigError.exit_code),
+# which the systemd unit lists in RestartPreventExitStatus: no restart loop.
+EXIT_STORAGE = 2
 DEFAULT_LOG_MAX_SIZE = "64MB"
 DEFAULT_LOG_KEEP = 5
 
@@ -152,6 +157,10 @@ def run(
         logging.getLogger("broker").error("cannot start: %s", exc)
         broker.stop()
         return exc.exit_code
+    except StorageError as exc:
+        _storage_error(exc, log_file)
+        broker.stop()
+        return EXIT_STORAGE
     except OSError as exc:
         logging.getLogger("broker").error("cannot start: %s", exc)
         broker.stop()
@@ -159,6 +168,17 @@ def run(
     stop.wait()
     broker.stop()
     return 0
+
+
+def _storage_error(exc: StorageError, log_file: str | None) -> None:
+    """Say which file is damaged and what to do, on stderr (systemd's journal) and in
+    the log file: no traceback, the problem is the data, not the program."""
+    text = f"broker: cannot start: damaged data in {exc.path}: {exc.reason}"
+    if exc.repair:
+        text += f"\nbroker: to repair: {exc.repair}"
+    print(text, file=sys.stderr, flush=True)
+    if log_file:
+        logging.getLogger("broker").error("%s", text.replace("\nbroker: ", "; "))
 
 
 def start(

@@ -172,17 +172,54 @@ class PartitionState:
 
     def restore(self, data: bytes) -> None:
         """Load a snapshot; the record log then starts after it (``records.rebuild``
-        indexes what the journal still holds below it)."""
-        doc = msgpack.unpackb(data, raw=False)
-        version = doc.get("v")
-        if version not in (1, SNAPSHOT_VERSION):
-            raise ValueError(
-                f"partition snapshot version {version!r} is not one this broker reads "
-                f"(1 or {SNAPSHOT_VERSION}): written by a newer broker?"
-            )
-        # version 1 carried the records themselves; they are not kept
-        last = doc["last_position"] if version == 2 else len(doc["records"])
+        indexes what the journal still holds below it). Raises ValueError, and
+        changes nothing, when ``data`` is not a snapshot this broker can use."""
+        applied, last, kv, exported = _decode_snapshot(data)
         self.records.reset(last)
-        self.kv = dict(doc["kv"])
-        self.exported = dict(doc.get("exported", {}))
-        self.applied_index = doc["applied"]
+        self.kv = kv
+        self.exported = exported
+        self.applied_index = applied
+
+
+def check_snapshot(data: bytes, index: int | None = None) -> None:
+    """Raise ValueError unless ``data`` decodes as a partition snapshot (taken at Raft
+    index ``index`` when given): what a snapshot from a peer must pass before it
+    replaces anything."""
+    applied = _decode_snapshot(data)[0]
+    if index is not None and applied != index:
+        raise ValueError(f"partition snapshot holds applied index {applied}, not {index}")
+
+
+def _decode_snapshot(data: bytes) -> tuple[int, int, dict, dict]:
+    """(applied index, last position, kv, exported) of a snapshot, every field checked."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # msgpack reports bad input with many exception types
+        raise ValueError(f"undecodable partition snapshot: {exc!r}") from None
+    if type(doc) is not dict:
+        raise ValueError(f"a partition snapshot is a map, not {type(doc).__name__}")
+    version = doc.get("v")
+    if version not in (1, SNAPSHOT_VERSION):
+        raise ValueError(
+            f"partition snapshot version {version!r} is not one this broker reads "
+            f"(1 or {SNAPSHOT_VERSION}): written by a newer broker?"
+        )
+    # version 1 carried the records themselves; they are not kept
+    if version == SNAPSHOT_VERSION:
+        last = doc.get("last_position")
+    else:
+        records = doc.get("records")
+        last = len(records) if type(records) is list else None
+    applied, kv, exported = doc.get("applied"), doc.get("kv", {}), doc.get("exported", {})
+    if not _natural(applied) or not _natural(last):
+        raise ValueError(f"partition snapshot: bad applied {applied!r} or position {last!r}")
+    # what apply stores is what a snapshot holds: its maps' contents are not judged
+    if type(kv) is not dict:
+        raise ValueError(f"partition snapshot: kv is a {type(kv).__name__}, not a map")
+    if type(exported) is not dict:
+        raise ValueError(f"partition snapshot: exported is a {type(exported).__name__}")
+    return applied, last, kv, exported
+
+
+def _natural(value) -> bool:
+    return type(value) is int and value >= 0

@@ -48,10 +48,10 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
-from broker.fsutil import fsync_dir
-from broker.partition import PartitionState
+from broker.fsutil import CorruptFileError, StorageError, fsync_dir, make_private_dirs
+from broker.partition import PartitionState, check_snapshot
 from broker.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftNode, Role
-from broker.raft.journal import Journal
+from broker.raft.journal import Journal, NewerFormatError
 from broker.raft.messages import (
     AppendRequest,
     Configuration,
@@ -76,8 +76,16 @@ MAX_INBOX_BYTES = 128 * 1024 * 1024  # payload of entries, snapshot chunks and p
 RESTART_BACKOFF_MIN = 0.25
 RESTART_BACKOFF_MAX = 5.0
 STABLE_AFTER = 30.0  # a partition running this long after a restart resets the backoff
-# errnos that mean "no room": the partition answers RESOURCE_EXHAUSTED while stopped
+# errnos that mean "no room" (disk space, file descriptors, memory): the partition
+# answers RESOURCE_EXHAUSTED while stopped and rebuilds itself from disk once the
+# resource returns. Any other error (EIO...) stops it the same way, answering
+# UNAVAILABLE (the outcome of a failing disk is not a question of load).
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+NO_RESOURCE = NO_SPACE | {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+# A follower reports unhealthy until it has applied the commit index its leader told
+# it (catching up after a start, a restart or a wipe); once caught up, only while it
+# is more than this many entries behind (a follower under load lags by a batch or two).
+CATCHUP_SLACK = 1000
 
 _ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 1, Role.LEADER: 2}
 _NO_ENTRIES: tuple = ()
@@ -143,7 +151,7 @@ class PartitionRunner:
         self.state = self._new_state()
         self.journal: Journal | None = None
         self.node: RaftNode | None = None
-        os.makedirs(directory, exist_ok=True)
+        make_private_dirs(directory)  # 0700, whatever the umask (so are those below it)
         opened: OSError | None = None
         try:
             self._open()
@@ -181,16 +189,43 @@ class PartitionRunner:
         self._pending_snapshot: tuple[int, int, bytes] | None = None
         self._next_tick = self._clock() + tick_interval
         self._last_healthy: bool | None = None
+        # (term, highest commit index) the leader of that term told us: health
+        # compares what this replica applied with it
+        self._leader_commit: tuple[int, int] = (0, 0)
+        self._caught_up = False  # applied what a leader said was committed, since start
+        self._refused_snapshot: tuple[int, int, int] | None = None  # last one logged
         self.status: dict = {"partition": partition_id}  # a copy for other threads
         if opened is not None:
             self._fail(opened)
         self._refresh_status()
 
     def _open(self) -> None:
-        """Load the partition from disk: journal (torn tail cut), hard state, snapshot."""
+        """Load the partition from disk: journal (torn tail cut), hard state, snapshot.
+
+        Damaged data that cannot be used safely raises CorruptFileError naming the
+        file and the repair (the daemon prints it and exits; a rebuild retries)."""
+        try:
+            self._open_files()
+        except CorruptFileError as exc:
+            raise CorruptFileError(exc.path, exc.reason, self._repair()) from None
+        except NewerFormatError as exc:
+            raise StorageError(
+                os.path.join(self.directory, "journal"), str(exc), "nothing was changed"
+            ) from None
+
+    def _repair(self) -> str:
+        return (
+            f"stop the broker and remove {self.directory} so that partition "
+            f"{self.partition_id} is copied again from its peers (or run `broker "
+            "wipe-data` to rebuild the whole broker from them); with a single replica "
+            "that loses the partition's data: restore it from a backup instead"
+        )
+
+    def _open_files(self) -> None:
         pid = self.partition_id
         self.meta = MetaStore(self.directory)
         self.snapshots = SnapshotStore(os.path.join(self.directory, "snapshots"))
+        hard_state = self.meta.load()  # before the journal: a damaged file changes nothing
         journal = Journal(
             os.path.join(self.directory, "journal"), self._segment_size, flush=self._flush
         )
@@ -198,17 +233,15 @@ class PartitionRunner:
             if journal.recovery.truncated_records or journal.recovery.truncated_bytes:
                 log.warning("partition %d: journal recovery: %s", pid, journal.recovery)
             self.journal = journal
-            snapshot = self.snapshots.latest()
+            snapshot, state = self._usable_snapshot()
             entries = self._entries_after(snapshot[0].index if snapshot else 0)
-            state = self._new_state()
             if snapshot:
-                state.restore(snapshot[1])
                 self._index_retained(state, snapshot[0])
             node = RaftNode(
                 self.node_id,
                 self._bootstrap,
                 self._raft_config,
-                hard_state=self.meta.load(),
+                hard_state=hard_state,
                 snapshot=snapshot,
                 entries=entries,
             )
@@ -217,6 +250,40 @@ class PartitionRunner:
             raise
         node.log.loader = self._load_entries
         self.state, self.node = state, node
+
+    def _usable_snapshot(self):
+        """(newest snapshot whose file and state are intact, the state restored from it),
+        or (None, empty state). Without a usable snapshot the log must start at 1 (the
+        state is then replayed from it); otherwise the data is refused."""
+        for meta, data in self.snapshots.readable():
+            state = self._new_state()
+            try:
+                check_snapshot(data, meta.index)
+                state.restore(data)
+            except ValueError as exc:
+                log.warning(
+                    "partition %d: skipping snapshot %d/%d: %s",
+                    self.partition_id,
+                    meta.index,
+                    meta.term,
+                    exc,
+                )
+                continue
+            return (meta, data), state
+        paths, j = self.snapshots.paths(), self.journal
+        if paths and j.first_index > 1:
+            raise CorruptFileError(
+                paths[-1],
+                f"no usable snapshot among {len(paths)} (see the warnings above) and the "
+                f"journal starts at index {j.first_index}, so the state cannot be rebuilt",
+            )
+        if paths:
+            log.warning(
+                "partition %d: no usable snapshot; the journal holds the whole log, "
+                "the state is rebuilt from it",
+                self.partition_id,
+            )
+        return None, self._new_state()
 
     def _load_entries(self, lo: int, hi: int, max_bytes: int | None):
         return self.journal.read(lo, hi, max_bytes)
@@ -429,7 +496,12 @@ class PartitionRunner:
                 item = self._without_entries(item)
                 if item is None:
                     return
+            t = type(item)
+            if t is InstallSnapshot and item.done and not self._snapshot_acceptable(item):
+                return
             self.node.step(item)
+            if t is AppendRequest or t is InstallSnapshot:
+                self._heard_commit(item)
             return
         if item[0] == "propose":
             self._batch.append(item[1:])
@@ -439,6 +511,58 @@ class PartitionRunner:
                 fut.set_result(fn(self.node))
             except Exception as exc:
                 fut.set_exception(exc)
+
+    def _heard_commit(self, msg) -> None:
+        """Remember the highest commit index the current leader told us (a heartbeat
+        tells at most what it knows we hold; entries and snapshots tell the truth)."""
+        node = self.node
+        if msg.term != node.term or node.leader_id != msg.src:
+            return
+        told = msg.meta.index if type(msg) is InstallSnapshot else msg.commit
+        term, seen = self._leader_commit
+        self._leader_commit = (node.term, told if term != node.term else max(seen, told))
+
+    def _snapshot_acceptable(self, msg: InstallSnapshot) -> bool:
+        """Verify the last chunk of a snapshot from a peer before the core installs it:
+        the whole of it must decode as this partition's state at its index. A bad one
+        is dropped with the transfer (the core's buffer is cleared) and logged with the
+        sender; nothing on disk and nothing in memory changes."""
+        node, meta = self.node, msg.meta
+        if meta.index <= node.commit:
+            return True  # the core ignores it
+        if msg.offset == 0:
+            data = msg.data
+        else:
+            inc = getattr(node, "_incoming", None)
+            key = (msg.src, msg.term, meta.index)
+            if inc is None or inc[0] != key or len(inc[1]) != msg.offset:
+                return True  # out of order: the core asks for the right chunk
+            data = bytes(inc[1]) + msg.data
+        try:
+            if meta.index < 1 or meta.term < 1 or not meta.config.voters:
+                raise ValueError(f"bad snapshot metadata {meta}")
+            check_snapshot(data, meta.index)
+        except ValueError as exc:
+            if hasattr(node, "_incoming"):
+                node._incoming = None
+            key = (msg.src, meta.index, meta.term)
+            if self._refused_snapshot != key:
+                self._refused_snapshot = key
+                log.warning(
+                    "partition %d: refused snapshot %d/%d (%d bytes) from broker %d: %s; "
+                    "keeping snapshot %d and the current state",
+                    self.partition_id,
+                    meta.index,
+                    meta.term,
+                    len(data),
+                    msg.src,
+                    exc,
+                    node.log.snapshot_index,
+                )
+            if self.metrics:
+                self.metrics.inbox_dropped.labels(self._label, "bad_snapshot").inc()
+            return False
+        return True
 
     def _without_entries(self, msg):
         """Below data.freeSpace.replication: persist nothing replicated. An append keeps
@@ -501,6 +625,9 @@ class PartitionRunner:
             if rd.truncate_from is not None:
                 self.journal.truncate_from(rd.truncate_from)
             if rd.snapshot is not None:
+                # never let a state that does not decode replace the one on disk (a
+                # ValueError stops the partition, which rebuilds from the files kept)
+                check_snapshot(rd.snapshot[1], rd.snapshot[0].index)
                 self._store_snapshot(*rd.snapshot)
             if rd.entries:
                 self.journal.append(rd.entries)
@@ -622,7 +749,7 @@ class PartitionRunner:
     def _fail(self, exc: BaseException) -> None:
         """Stop driving the core after ``exc``; a rebuild from disk follows later."""
         pid = self.partition_id
-        no_space = isinstance(exc, OSError) and exc.errno in NO_SPACE
+        no_space = isinstance(exc, OSError) and exc.errno in NO_RESOURCE
         if isinstance(exc, OSError):
             log.error(
                 "partition %d: disk error: %s; partition stopped, it restarts from disk "
@@ -679,6 +806,7 @@ class PartitionRunner:
                 self._backoff,
             )
             return
+        self._leader_commit, self._caught_up = (0, 0), False  # health waits for a leader
         log.info(
             "partition %d: restarted from disk after %s (log up to %d, term %d)",
             pid,
@@ -759,6 +887,8 @@ class PartitionRunner:
         disk = self.disk
         if disk is not None and not (disk.processing_ok and disk.replication_ok):
             reason = disk.why()
+        elif node.role is not Role.LEADER:
+            reason = self._behind()
         self.status = {
             "partition": self.partition_id,
             "role": role,
@@ -778,6 +908,28 @@ class PartitionRunner:
         if reason is not None:
             self.status["unhealthyReason"] = reason
         self._set_healthy(reason is None)
+
+    def _behind(self) -> str | None:
+        """Why this replica, not the leader, does not serve the partition's data yet."""
+        node, pid = self.node, self.partition_id
+        if node.config.voters == {self.node_id}:
+            return None  # the only replica: nobody has data it lacks, it leads itself
+        if node.leader_id is None:
+            return f"partition {pid}: no leader known (term {node.term})"
+        if node.log.last_index == 0:
+            return f"partition {pid}: holds no log yet; waiting for leader {node.leader_id}"
+        term, commit = self._leader_commit
+        if term != node.term:
+            return f"partition {pid}: has not heard from leader {node.leader_id} yet"
+        applied = self.state.applied_index
+        if applied >= commit:
+            self._caught_up = True
+        elif not self._caught_up or commit - applied > CATCHUP_SLACK:
+            return (
+                f"partition {pid}: catching up: applied index {applied}, "
+                f"leader {node.leader_id} has committed {commit}"
+            )
+        return None
 
     def _update_log_metrics(self) -> None:
         if self.metrics:
