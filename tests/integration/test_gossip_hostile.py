@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import urllib.error
 import urllib.request
 
@@ -233,3 +234,39 @@ def test_forged_topology_with_every_broker_left_deletes_nothing(c):
         assert c.health(i) == "UP"
     writes_everywhere(c, "after-forged-topology")
     assert {i: partition_dirs(c, i) for i in range(c.size)} == before
+
+
+def test_scale_down_still_deletes_the_leaving_replicas_data(tmp_path):
+    """The legitimate path: a broker removed by a committed change (its replicas
+    leave through Raft, confirmed by each partition's leader) deletes their data,
+    logged at WARNING with the reason; the data lives on in the other replicas."""
+    c = LocalCluster(
+        str(tmp_path / "scale"), size=3, partitions=2, replication_factor=2, overrides=FAST
+    )
+    try:
+        c.start()
+        c.wait_leaders()
+        with BrokerClient(c.gateways(), c.cluster_name, timeout=10) as client:
+            for p in (1, 2):
+                client.append(f"kept-{p}", partition=p)
+        hosted = partition_dirs(c, 2)
+        assert hosted
+        status, doc = http(c, 0, "DELETE", "/actuator/cluster/brokers/2")
+        assert status == 202, doc
+        change = doc["changeId"]
+
+        def done() -> bool:
+            d = http(c, 0, "GET", "/actuator/cluster")[1] or {}
+            last = d.get("lastChange") or {}
+            return d.get("pendingChange") is None and last.get("id", -1) >= change
+
+        wait_for(done, 20, "the scale-down to complete")
+        wait_for(lambda: not partition_dirs(c, 2), 10, "broker 2 to delete what it left")
+        lines = [ln for ln in log_of(c, 2).splitlines() if ": deleting " in ln]
+        assert {re.search(r"partition (\d+): deleting", ln)[1] for ln in lines} == hosted
+        assert all("WARNING" in ln and "removal verified" in ln for ln in lines), lines
+        with BrokerClient(c.gateways([0, 1]), c.cluster_name, timeout=10) as client:
+            for p in (1, 2):
+                assert client.read(p, 1, 10).records[0][1] == f"kept-{p}".encode()
+    finally:
+        c.stop_all()
