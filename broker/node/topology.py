@@ -5,8 +5,10 @@
   restart it is loaded from disk, never regenerated from the static config.
   A corrupt file is reported and replaced by the newest copy a peer gossips.
 * Gossiped to every known member every second and merged by version: the
-  higher version wins. Only one broker changes the configuration at a time
-  (the one the next pending operation names), so versions never fork.
+  higher version wins. Only a broker of the configuration (or a configured
+  contact point) is listened to; a stranger's copy is ignored (WARNING).
+  Only one broker changes the configuration at a time (the one the next
+  pending operation names), so versions never fork.
 * Executes the operations that name this broker, one at a time, and
   reconciles the partitions it hosts with the configuration.
 
@@ -15,8 +17,8 @@ only a claim made by whoever gossiped the highest version; the partition's
 own Raft group is what the cluster committed. So:
 
 * a partition the configuration no longer gives us keeps running while our
-  replica's committed Raft configuration still contains this broker (the
-  claim is inconsistent with Raft: ignored, logged at WARNING);
+  replica's Raft configuration still contains this broker (the claim is
+  inconsistent with Raft: ignored, logged at WARNING);
 * its data is deleted only when the removal is verified (``_refusal``):
   either our replica has committed and applied a configuration without us,
   or the partition's leader answered our own reconfiguration request that it
@@ -86,6 +88,7 @@ class TopologyManager:
         self.config = self._load(static_initial)
         self._warned: set[tuple[int, int, str]] = set()  # (partition, version, what)
         self._deletions: dict[int, _Deletion] = {}  # refused for now; step thread retries
+        self._strangers: set[int] = set()  # nodes whose topology gossip we ignored
         peers = host.peers
         if peers is not None and hasattr(peers, "topology_members"):
             # Leadership claims are believed only from brokers of the configuration.
@@ -143,8 +146,27 @@ class TopologyManager:
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("malformed topology from node %d: %s", src, exc)
             return
-        if cfg.version > self.config.version:
-            self._adopt(cfg, f"gossip from node {src}")
+        if cfg.version <= self.config.version:
+            return
+        if not self._may_gossip_topology(src):
+            if src not in self._strangers:
+                self._strangers.add(src)
+                log.warning(
+                    "ignored topology version %d from node %d: not a broker of the cluster "
+                    "(neither in our topology nor a contact point)",
+                    cfg.version,
+                    src,
+                )
+            return
+        self._adopt(cfg, f"gossip from node {src}")
+
+    def _may_gossip_topology(self, src: int) -> bool:
+        """Only brokers of our configuration (any state) or contact points may."""
+        if src in self.config.members:
+            return True
+        trusted = getattr(self.host.peers, "trusted", None)
+        allowed = trusted() if trusted is not None else None
+        return allowed is None or src in allowed
 
     def broadcast(self) -> None:
         peers = self.host.peers
