@@ -750,7 +750,15 @@ class PartitionRunner:
         """Stop driving the core after ``exc``; a rebuild from disk follows later."""
         pid = self.partition_id
         no_space = isinstance(exc, OSError) and exc.errno in NO_RESOURCE
-        if isinstance(exc, OSError):
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE):
+            log.error(
+                "partition %d: out of file descriptors: %s; partition stopped, it restarts "
+                "from disk by itself once descriptors are free (raise the broker's limit: "
+                "LimitNOFILE in its systemd unit, ulimit -n)",
+                pid,
+                exc,
+            )
+        elif isinstance(exc, OSError):
             log.error(
                 "partition %d: disk error: %s; partition stopped, it restarts from disk "
                 "by itself once the disk accepts writes again",
