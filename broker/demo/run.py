@@ -205,6 +205,7 @@ class Demo:
                 rate=args.rate,
                 max_seconds=args.max_load_seconds,
                 cluster_name=cluster.name,
+                ssl_context=cluster.ssl_context(),
             )
             load.start()
             target = max(1, int(args.rate * args.warmup))
@@ -290,7 +291,14 @@ class Demo:
             if load.crash is not None:
                 raise DemoError(f"the write load crashed: {load.crash!r}")
             acks = load.snapshot()
-            rb = read_back(dc.gateways(), acks, cluster.partitions, load.prefix)
+            rb = read_back(
+                dc.gateways(),
+                acks,
+                cluster.partitions,
+                load.prefix,
+                cluster_name=cluster.name,
+                ssl_context=cluster.ssl_context(),
+            )
             out.print(
                 f"read {rb.records} records from {cluster.partitions} partitions; "
                 f"{rb.found} of {rb.acknowledged} acknowledged records found"

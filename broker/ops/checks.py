@@ -133,7 +133,9 @@ def verify_writes(
     deadline = started + timeout
     positions, first_ack = {}, {}
     gateways = ",".join(b.gateway for b in brokers)
-    with BrokerClient(gateways, timeout=min(10.0, timeout)) as client:
+    with BrokerClient(
+        gateways, cluster.name, timeout=min(10.0, timeout), ssl_context=cluster.ssl_context()
+    ) as client:
         for p in range(1, count + 1):
             data = f"{label} {stamp} partition {p}".encode()
             positions[p] = _append_with_retry(client, data, p, deadline)

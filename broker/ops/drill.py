@@ -138,13 +138,15 @@ PRELOAD_RECORD = 16 * 1024
 PRELOAD_WINDOW = 64
 
 
-def _grow_log(gateways: str, megabytes: float) -> str:
+def _grow_log(cluster: Cluster, gateways: str, megabytes: float) -> str:
     """Append ``megabytes`` of 16 KiB records, pipelined; every one must be acknowledged
     (they are read back with the rest at the end only by count, not content)."""
     count = int(megabytes * 1e6 // PRELOAD_RECORD)
     payload = b"p" * PRELOAD_RECORD
     started = time.monotonic()
-    with BrokerClient(gateways, timeout=30.0) as client:
+    with BrokerClient(
+        gateways, cluster.name, timeout=30.0, ssl_context=cluster.ssl_context()
+    ) as client:
         pending = []
         for _ in range(count):
             pending.append(client.append_async(payload))
@@ -194,7 +196,13 @@ def run_drill(
     @step("start a steady write load through every gateway")
     def start_write_load() -> Outcome:
         stamp = time.strftime("%Y%m%dT%H%M%S")
-        load = WriteLoad(everyone, prefix=f"drill-{region}-{stamp}", rate=rate)
+        load = WriteLoad(
+            everyone,
+            prefix=f"drill-{region}-{stamp}",
+            rate=rate,
+            cluster_name=cluster.name,
+            ssl_context=cluster.ssl_context(),
+        )
         state["load"] = load
         load.start()
         load.wait_for(lambda: bool(load.acks), OUTAGE_WRITE_TIMEOUT, "a first acknowledged write")
@@ -220,7 +228,8 @@ def run_drill(
             OUTAGE_WRITE_TIMEOUT,
             "writes sent after the failover acknowledged on every partition",
         )
-        grown = _grow_log(",".join(b.gateway for b in survivors), preload_mb) if preload_mb else ""
+        gateways = ",".join(b.gateway for b in survivors)
+        grown = _grow_log(cluster, gateways, preload_mb) if preload_mb else ""
         return done(
             f"{len(load.acks)} records acknowledged so far, {load.failed} not",
             f"writes sent after the failover acknowledged on all {count} partitions{grown}",
@@ -292,7 +301,14 @@ def _check(state: dict[str, Any], figures: DrillFigures, cluster: Cluster) -> Ou
         raise StepFailed(f"the write load crashed: {load.crash!r}")
     acks = load.snapshot()
     gateways = ",".join(b.gateway for b in cluster.brokers)
-    rb = read_back(gateways, acks, cluster.partitions, load.prefix)
+    rb = read_back(
+        gateways,
+        acks,
+        cluster.partitions,
+        load.prefix,
+        cluster_name=cluster.name,
+        ssl_context=cluster.ssl_context(),
+    )
     figures.acknowledged, figures.found, figures.lost = rb.acknowledged, rb.found, len(rb.lost)
     figures.failed_writes = load.failed
     saw = (

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 import os
+import ssl
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,7 +58,16 @@ ROLE_DEFAULT_KEYS = (
     "broker_service_name",
     "broker_process_log_max_size",
     "broker_process_log_keep",
+    # TLS: whether it is on, and where the controller keeps the cluster CA
+    "broker_cluster_name",
+    "broker_project_dir",
+    "broker_tls_enabled",
+    "broker_tls_ca_dir",
+    "broker_tls_ca_cert",
+    "broker_tls_ca_key",
 )
+PROJECT_DIR = ROLE_DEFAULTS.parents[3]
+OPS_CLIENT = "ops"  # the name in the client certificate ops issues itself
 # Ansible's magic variables that are not a host's own (and are big): not in Broker.vars
 SKIPPED_VARS = frozenset({"groups", "hostvars", "ansible_facts", "vars", "omit", "environment"})
 VAULT_HINT = "set ANSIBLE_VAULT_PASSWORD_FILE or pass --vault-password-file"
@@ -83,7 +93,8 @@ class Broker:
 
     @property
     def management_url(self) -> str:
-        return f"http://{self.host}:{self.management_port}"
+        scheme = "https" if _truthy(self.vars.get("broker_tls_enabled")) else "http"
+        return f"{scheme}://{self.host}:{self.management_port}"
 
     @property
     def gateway(self) -> str:
@@ -116,6 +127,37 @@ class Broker:
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """How the controller speaks TLS to the brokers: the cluster CA it trusts and
+    the client certificate it shows (needed when security.tls.clientAuth is
+    required). Without a given certificate, one named ``ops`` is issued beside
+    the CA on first use, when the controller holds the CA's key."""
+
+    cluster: str
+    ca: str
+    ca_key: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @functools.cached_property
+    def context(self) -> ssl.SSLContext:
+        from broker.tls import TlsSetupError, client_context
+
+        cert, key = self.cert, self.key
+        if not cert and self.ca_key and os.path.exists(self.ca_key):
+            from broker import certs
+
+            clients = os.path.join(os.path.dirname(self.ca), "clients")
+            cert = os.path.join(clients, f"{OPS_CLIENT}.crt")
+            key = os.path.join(clients, f"{OPS_CLIENT}.key")
+            certs.ensure_client(self.cluster, OPS_CLIENT, self.ca, self.ca_key, cert, key)
+        try:
+            return client_context(self.ca, cert, key)
+        except TlsSetupError as exc:
+            raise InventoryError(f"TLS: {exc}") from None
+
+
+@dataclass(frozen=True)
 class Cluster:
     brokers: tuple[Broker, ...]
     regions: tuple[str, ...]  # by region id
@@ -127,6 +169,11 @@ class Cluster:
     sinks: Mapping[str, str] = field(default_factory=dict)
     token: str | None = field(default=None, repr=False)  # a secret: never in a repr
     source: str = ""  # the inventory file
+    tls: ClientTls | None = None  # set when the inventory turns broker_tls_enabled on
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The client TLS context for the brokers' gateways and management APIs."""
+        return self.tls.context if self.tls is not None else None
 
     def broker(self, node_id: int) -> Broker:
         for b in self.brokers:
@@ -233,6 +280,8 @@ def _read(
                     exc, f"{source}: a vars file of host {host.name}", have_secrets
                 ) from None
             merged = {**defaults, **raw}  # the role's defaults below the inventory
+            # The role's paths on the controller hang off the playbooks' directory.
+            merged.setdefault("playbook_dir", str(PROJECT_DIR / "playbooks"))
             templar = Templar(loader=loader, variables=merged)
             out.append((host.name, HostVars(templar, merged, host.name, source, have_secrets)))
         return out
@@ -490,4 +539,30 @@ def _cluster(brokers: list[Broker], first_vars: Mapping[str, Any], source: str) 
         sinks=dict(first_vars.get("broker_export_sinks") or {}),
         token=token,
         source=source,
+        tls=_client_tls(first_vars, source),
     )
+
+
+def _client_tls(v: Mapping[str, Any], source: str) -> ClientTls | None:
+    if not _truthy(v.get("broker_tls_enabled")):
+        return None
+    ca = v.get("broker_tls_ca_cert")
+    if not ca or "{{" in str(ca):
+        raise InventoryError(
+            f"{source}: broker_tls_enabled is on but the CA's path is unknown "
+            f"(broker_tls_ca_cert = {ca!r})"
+        )
+    ca_key = v.get("broker_tls_ca_key")
+    return ClientTls(
+        cluster=str(v.get("broker_cluster_name", "dual-region")),
+        ca=str(ca),
+        ca_key=str(ca_key) if ca_key and "{{" not in str(ca_key) else None,
+        cert=v.get("broker_tls_client_cert") or None,
+        key=v.get("broker_tls_client_key") or None,
+    )
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)

@@ -13,6 +13,7 @@ position, with its payload.
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections import Counter
@@ -48,6 +49,7 @@ class WriteLoad:
         timeout: float = 5.0,
         max_seconds: float = 600.0,
         cluster_name: str = "dual-region",
+        ssl_context: ssl.SSLContext | None = None,
     ):
         self.gateways = gateways
         self.prefix = prefix
@@ -56,6 +58,7 @@ class WriteLoad:
         self.timeout = timeout
         self.max_seconds = max_seconds
         self.cluster_name = cluster_name
+        self.ssl_context = ssl_context
         self.acks: list[Ack] = []
         self.failed = 0
         self.errors: Counter[str] = Counter()
@@ -124,7 +127,10 @@ class WriteLoad:
     def _run(self) -> None:
         try:
             with BrokerClient(
-                self.gateways, cluster_name=self.cluster_name, timeout=self.timeout
+                self.gateways,
+                cluster_name=self.cluster_name,
+                timeout=self.timeout,
+                ssl_context=self.ssl_context,
             ) as client:
                 self._loop(client)
                 # every request in flight ends by its deadline: take all the slots back
@@ -192,11 +198,18 @@ class ReadBack:
 
 
 def read_back(
-    gateways: str, acks: list[Ack], partitions: int, prefix: str, timeout: float = 15.0
+    gateways: str,
+    acks: list[Ack],
+    partitions: int,
+    prefix: str,
+    timeout: float = 15.0,
+    *,
+    cluster_name: str = "dual-region",
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ReadBack:
     """Read every partition from position 1 and check each acknowledged record."""
     found: dict[tuple[int, int], bytes] = {}
-    with BrokerClient(gateways, timeout=timeout) as client:
+    with BrokerClient(gateways, cluster_name, timeout=timeout, ssl_context=ssl_context) as client:
         for partition in range(1, partitions + 1):
             position = 1
             while True:

@@ -21,7 +21,13 @@ PROBE_TIMEOUT = 1.0
 
 
 def api_of(cluster: Cluster, broker: Broker, form: str = DEFAULT_FORM, timeout: float = 5.0):
-    return ManagementApi(broker.management_url, timeout=timeout, token=cluster.token, form=form)
+    return ManagementApi(
+        broker.management_url,
+        timeout=timeout,
+        token=cluster.token,
+        form=form,
+        ssl_context=cluster.ssl_context(),
+    )
 
 
 def first_answering(
