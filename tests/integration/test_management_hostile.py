@@ -12,8 +12,11 @@ import http.client
 import json
 import socket
 import time
+import urllib.parse
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from broker.demo.localcluster import LocalCluster, wait_for
 from broker.node.management import MAX_BODY_SIZE, MAX_CONNECTIONS, REQUEST_DEADLINE
@@ -313,6 +316,76 @@ def test_idle_keep_alive_connections_make_room(c):
     finally:
         for conn in idle:
             conn.close()
+
+
+ID = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.text(max_size=30),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+JSON = st.recursive(
+    st.one_of(ID, st.sampled_from([0, 1, 2, 3, "0", "1", 1024, 1025])),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "brokers",
+                    "partitions",
+                    "add",
+                    "remove",
+                    "count",
+                    "replicationFactor",
+                    "initializeFrom",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)
+ENDPOINTS = [
+    ("PATCH", "/actuator/cluster?dryRun=true"),
+    ("PATCH", "/actuator/cluster?dryRun=true&force=true"),
+    ("POST", "/actuator/cluster/brokers?dryRun=true"),
+    ("POST", "/actuator/cluster/brokers?dryRun=true&force=true"),
+    ("POST", "/actuator/exporters/nope/enable?dryRun=true"),
+]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(endpoint=st.sampled_from(ENDPOINTS), body=JSON)
+def test_no_json_body_gets_a_500(c, endpoint, body):
+    method, path = endpoint
+    status, answer = request(c, method, path, json.dumps(body).encode())
+    assert status in (200, 400, 404, 409), (body, answer)
+    assert answer.get("message") or status == 200
+
+
+@settings(
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    method=st.sampled_from(["POST", "DELETE"]),
+    segment=st.text(min_size=1, max_size=40),
+    rf=st.one_of(st.none(), st.text(max_size=30)),
+)
+def test_no_path_or_query_gets_a_500(c, method, segment, rf):
+    path = "/actuator/cluster/brokers/" + urllib.parse.quote(segment, safe="") + "?dryRun=true"
+    if rf is not None:
+        path += "&replicationFactor=" + urllib.parse.quote(rf, safe="")
+    status, answer = request(c, method, path)
+    assert status in (200, 400, 404), (segment, rf, answer)
 
 
 def test_after_all_that_a_real_change_completes_everywhere(c):
