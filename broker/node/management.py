@@ -655,13 +655,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def _has_body(self) -> bool:
         return "Transfer-Encoding" in self.headers or self.headers.get("Content-Length", "0") != "0"
 
-    def _read_body(self) -> bytes:
+    def _content_length(self) -> int | None:
+        """The announced body length, checked before anything is read."""
         if "Transfer-Encoding" in self.headers:
             raise HttpError(411, "chunked bodies are not supported; send Content-Length")
         lengths = self.headers.get_all("Content-Length") or []
         if not lengths:
-            self._body_read = True
-            return b""
+            return None
         raw = lengths[0].strip()
         if any(other.strip() != raw for other in lengths[1:]):
             raise HttpError(400, "conflicting Content-Length headers")
@@ -672,7 +672,23 @@ class _RequestHandler(BaseHTTPRequestHandler):
             raise HttpError(
                 413, f"request body too large: {_shorten(raw)} bytes (limit {MAX_BODY_SIZE})"
             )
-        length = int(raw)
+        return int(raw)
+
+    def handle_expect_100(self) -> bool:
+        """Invite the body (100 Continue) only if it will be accepted."""
+        try:
+            self._content_length()
+        except HttpError as exc:
+            self.close_connection = True
+            self._send(error_response(exc.status, exc.message, exc.headers))
+            return False
+        return super().handle_expect_100()
+
+    def _read_body(self) -> bytes:
+        length = self._content_length()
+        if length is None:
+            self._body_read = True
+            return b""
         try:
             body = self.rfile.read(length)
         except TimeoutError:

@@ -391,3 +391,23 @@ def test_stop_closes_idle_tls_connections(source, certificate):
     finally:
         conn.close()
         srv.stop()
+
+
+def test_expect_100_continue_only_for_an_acceptable_body(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /test/echo/1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 999999999999\r\n\r\n"
+        )
+        _, reply = closed_within(sock, 5)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+    assert b"100 Continue" not in reply
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /test/echo/1 HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 2\r\nConnection: close\r\n\r\n"
+        )
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+        sock.sendall(b"{}")
+        _, reply = closed_within(sock, 5)
+    assert reply.startswith(b"HTTP/1.1 202 ")
