@@ -89,6 +89,11 @@ class BrokerMetrics:
             ["partition"],
             registry=r,
         )
+        self.tls_certificate_expiry = Gauge(
+            "broker_tls_certificate_expiry_timestamp_seconds",
+            "Not-after of this broker's TLS certificate, as a Unix time (0 without TLS).",
+            registry=r,
+        )
         self.disk_free = Gauge(
             "broker_disk_free_bytes",
             "Free space of the data directory's file system, as the broker may use it.",

@@ -12,8 +12,9 @@ import logging
 import os
 import ssl
 import threading
+from datetime import UTC, datetime
 
-from broker import __version__
+from broker import __version__, certs
 from broker.config import BrokerConfig, ConfigError, dual_region_warnings
 from broker.diskspace import DiskSpaceMonitor
 from broker.metrics import BrokerMetrics
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 INTERNAL_MAX_CONNECTIONS = 256
 GATEWAY_MAX_CONNECTIONS = 1024
 CLIENT_IDLE_TIMEOUT = 600.0
+CERT_WARN_DAYS = 30  # a certificate closer to its end than this is logged at start
 
 
 def raft_settings(cfg: BrokerConfig) -> tuple[RaftConfig, float]:
@@ -98,6 +100,17 @@ class Broker:
         tls = self._tls_contexts()  # before anything binds or writes: a bad file stops us
         if tls is not None:
             t = cfg.security.tls
+            expiry = certs.not_after(t.certificate)
+            self.metrics.tls_certificate_expiry.set(expiry.timestamp())
+            days = (expiry - datetime.now(UTC)).total_seconds() / 86400
+            if days < CERT_WARN_DAYS:
+                log.warning(
+                    "the TLS certificate %s expires in %.0f days (%s): rotate it "
+                    "(playbooks/rotate-certs.yml)",
+                    t.certificate,
+                    days,
+                    expiry.isoformat(),
+                )
             # Peers are known by address, and the CA vouches for the node.
             self.management_client_ssl = client_context(
                 t.ca, t.certificate, t.private_key, check_hostname=False

@@ -87,6 +87,26 @@ class ManagementApi:
 
     def request(self, method: str, path: str, body: Any = None, **query: Any) -> Any:
         """The parsed JSON answer (None when empty); raises ApiError / Unreachable."""
+        target, status, raw = self._exchange(method, path, body, query)
+        try:
+            doc = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            raise ApiError(method, target, f"non-JSON answer: {raw[:200]!r}", status) from None
+        if status >= 400:
+            message = doc.get("message") if isinstance(doc, dict) else None
+            raise ApiError(method, target, message or "no message", status)
+        return doc
+
+    def text(self, path: str) -> str:
+        """A GET answered with text (``/actuator/prometheus``)."""
+        target, status, raw = self._exchange("GET", path, None, {})
+        if status >= 400:
+            raise ApiError("GET", target, raw[:200].decode(errors="replace"), status)
+        return raw.decode(errors="replace")
+
+    def _exchange(
+        self, method: str, path: str, body: Any, query: dict[str, Any]
+    ) -> tuple[str, int, bytes]:
         params = {
             k: "true" if v is True else str(v) for k, v in query.items() if v not in (None, False)
         }
@@ -100,23 +120,15 @@ class ManagementApi:
         try:
             context = self.ssl_context if target.startswith("https:") else None
             with urllib.request.urlopen(req, timeout=self.timeout, context=context) as resp:
-                status, raw = resp.status, resp.read()
+                return target, resp.status, resp.read()
         except urllib.error.HTTPError as exc:
-            status, raw = exc.code, exc.read()
+            return target, exc.code, exc.read()
         except urllib.error.URLError as exc:
             reason = exc.reason
             why = describe_failure(reason) if isinstance(reason, ssl.SSLError) else str(reason)
             raise Unreachable(method, target, why) from None
         except (OSError, http.client.HTTPException) as exc:
             raise NoAnswer(method, target, repr(exc)) from None
-        try:
-            doc = json.loads(raw) if raw.strip() else None
-        except ValueError:
-            raise ApiError(method, target, f"non-JSON answer: {raw[:200]!r}", status) from None
-        if status >= 400:
-            message = doc.get("message") if isinstance(doc, dict) else None
-            raise ApiError(method, target, message or "no message", status)
-        return doc
 
     # --- reading ---------------------------------------------------------------------
 

@@ -15,9 +15,10 @@ from datetime import UTC, datetime
 from broker.client import BrokerClient, BrokerError, DeadlineExceeded, Unavailable
 from broker.ops.api import ApiError
 from broker.ops.inventory import Broker, Cluster
-from broker.ops.steps import Outcome, StepFailed, done, step, wait_until
+from broker.ops.steps import Outcome, StepFailed, done, failed, skipped, step, wait_until
 from broker.ops.view import (
     alive_map,
+    api_of,
     docs_from,
     first_answering,
     ids_text,
@@ -214,6 +215,57 @@ def wait_caught_up(
         f"replicas were behind ({seen})",
         f"waited {time.monotonic() - started:.1f}s until all reached {summary}",
     )
+
+
+CERT_WARN_DAYS = 30
+EXPIRY_METRIC = "broker_tls_certificate_expiry_timestamp_seconds"
+
+
+@step("check the brokers' TLS certificates")
+def check_certificates(cluster: Cluster, brokers: Iterable[Broker]) -> Outcome:
+    """Days left on each broker's certificate, as the broker itself reports it
+    (its metric); under 30 days is a warning, an expired one fails."""
+    if cluster.tls is None:
+        return skipped("TLS is off in the inventory")
+    now = time.time()
+    left: dict[int, float] = {}
+    unread = []
+    for b in brokers:
+        try:
+            text = api_of(cluster, b).text("/actuator/prometheus")
+        except ApiError as exc:
+            unread.append(f"broker {b.node_id}: {exc.message}")
+            continue
+        expiry = _gauge(text, EXPIRY_METRIC)
+        if expiry:
+            left[b.node_id] = (expiry - now) / 86400
+        else:
+            unread.append(f"broker {b.node_id}: serves no certificate (TLS off on it?)")
+    if not left:
+        return failed("; ".join(unread) or "no broker to ask")
+    expired = sorted(n for n, d in left.items() if d <= 0)
+    if expired:
+        return failed(f"the certificates of brokers {ids_text(expired)} have expired")
+    soon = {n: d for n, d in left.items() if d < CERT_WARN_DAYS}
+    saw = f"{min(left.values()):.0f} to {max(left.values()):.0f} days left"
+    if unread:
+        saw += "; " + "; ".join(unread)
+    if soon:
+        names = ", ".join(f"broker {n} in {d:.0f} days" for n, d in sorted(soon.items()))
+        return done(
+            saw, f"WARNING: certificates expire soon ({names}): run playbooks/rotate-certs.yml"
+        )
+    return done(saw, f"every certificate has over {CERT_WARN_DAYS} days left")
+
+
+def _gauge(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            try:
+                return float(line.split()[1])
+            except (IndexError, ValueError):
+                return None
+    return None
 
 
 @step("verify the replication factor and the placement across regions")

@@ -10,7 +10,12 @@ from rich.table import Table
 from rich.text import Text
 
 from broker.ops.api import ApiError
-from broker.ops.checks import verify_placement, verify_writes, wait_for_leaders
+from broker.ops.checks import (
+    check_certificates,
+    verify_placement,
+    verify_writes,
+    wait_for_leaders,
+)
 from broker.ops.inventory import Cluster
 from broker.ops.steps import Progress, StepResult, plan, run_procedure
 from broker.ops.view import (
@@ -121,17 +126,19 @@ def print_status(cluster: Cluster, console: Console | None = None) -> dict[str, 
     return status
 
 
-VERIFY_STEPS = 3
+VERIFY_STEPS = 4
 
 
 def run_verify(cluster: Cluster, *, progress: Progress | None = None) -> list[StepResult]:
-    """Leaders everywhere, placement (RF, RF/2 per region), a write per partition."""
+    """Leaders everywhere, placement (RF, RF/2 per region), a write per partition, and
+    (with TLS) the days left on every broker's certificate."""
     brokers = list(cluster.brokers)
     return run_procedure(
         plan(
             (wait_for_leaders, lambda: wait_for_leaders(cluster, brokers, timeout=10)),
             (verify_placement, lambda: verify_placement(cluster, brokers, timeout=10)),
             (verify_writes, lambda: verify_writes(cluster, brokers, timeout=10)),
+            (check_certificates, lambda: check_certificates(cluster, brokers)),
         ),
         progress,
     )

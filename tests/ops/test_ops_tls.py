@@ -95,3 +95,15 @@ def test_without_the_ca_key_or_a_client_certificate_a_required_client_auth_refus
     outcome = verify_writes(cluster, cluster.brokers, timeout=3)
     assert outcome.status == "failed", outcome
     assert "client certificate is required" in str(outcome), outcome
+
+
+def test_verify_reports_the_days_left_on_every_certificate(tls_cluster, tmp_path):
+    from broker.ops.checks import check_certificates
+
+    c = tls_cluster
+    cluster = load_inventory(inventory(c, tmp_path / "hosts.yml"))
+    result = check_certificates(cluster, cluster.brokers)
+    assert result.status == "done", result
+    # Issued for a year by default: 364 or 365 days left, on every broker.
+    assert "365 days left" in result.saw or "364 to 365" in result.saw, result
+    assert "over 30 days left" in result.did
