@@ -5,6 +5,8 @@
 - a damaged ``meta`` file (54 bytes of junk) or a snapshot whose file is damaged while
   the journal no longer holds the log: ``broker run`` exits 2 (EXIT_STORAGE, the
   code systemd does not restart) naming the file and the repair, with no traceback;
+- a forged InstallSnapshot sent by a peer over the internal port is refused and
+  logged with the sender; snapshots, records and leadership stay as they were;
 - a broker wiped with ``broker wipe-data`` and restarted does not report its
   partition healthy while no leader is known, nor before it has caught up.
 """
@@ -20,6 +22,8 @@ import sys
 
 from broker.daemon import EXIT_STORAGE
 from broker.demo.localcluster import LocalCluster, wait_for
+from broker.raft.messages import Configuration, InstallSnapshot, SnapshotMeta
+from broker.transport import Transport
 from tests.integration.test_cluster import FAST, write
 
 SNAPSHOTTING = {**FAST, "data": {"snapshotEntries": 5, "logSegmentSize": "64KB"}}
@@ -144,6 +148,42 @@ def test_a_damaged_snapshot_with_a_compacted_journal_exits_2(tmp_path):
         _assert_storage_exit(proc, os.path.join(snaps, names[-1]))
         assert "checksum mismatch" in proc.stderr
         assert sorted(os.listdir(journal)) == segments_before  # the journal was not reset
+
+
+def test_a_forged_snapshot_from_a_peer_is_refused_by_a_real_broker(tmp_path):
+    with single(tmp_path) as c:
+        c.start()
+        client = c.client()
+        for i in range(12):
+            client.append(f"r-{i}", 1)
+        wait_for(lambda: snapshots_of(c, 0), 15, "a snapshot")
+        before = partition_status(c, 0)
+        snaps = snapshots_of(c, 0)
+        rogue = Transport(7, c.cluster_name, "127.0.0.1", 0, on_raft=lambda src, items: None)
+        rogue.start()
+        try:
+            rogue.set_peer(0, "127.0.0.1", c.ports[0]["internal"])
+            term = before["term"] + 5
+            meta = SnapshotMeta(10_000, term, Configuration.of((0, 7), {0: 1, 7: 1}))
+            garbage = b"\x93garbage that is no partition state" * 10
+            assert rogue.send_raft(0, 1, InstallSnapshot(term, 7, 0, meta, 0, garbage, True))
+            wait_for(
+                lambda: "refused snapshot 10000/" in c.log_tail(0, 200),
+                15,
+                "the refusal in the log",
+            )
+        finally:
+            rogue.stop()
+        line = next(x for x in c.log_tail(0, 200).splitlines() if "refused snapshot" in x)
+        assert "from broker 7" in line, line
+        assert f"keeping snapshot {before['snapshotId']}" in line, line
+        after = partition_status(c, 0)
+        assert after["role"] == "LEADER" and after["term"] == before["term"], after
+        assert after["snapshotId"] == before["snapshotId"]
+        assert snapshots_of(c, 0) == snaps
+        assert client.append("after", 1).position == 13
+        assert [r for _, r in client.read(1, 1, 100).records][-1] == b"after"
+        assert "Traceback" not in c.log_tail(0, 400)
 
 
 def test_a_wiped_broker_is_not_healthy_until_it_has_caught_up(tmp_path):
