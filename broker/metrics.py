@@ -79,7 +79,9 @@ class BrokerMetrics:
         )
         self.requests = Counter(
             "broker_gateway_requests_total",
-            "Client requests answered by the gateway, by operation and result code.",
+            "Client requests answered by the gateway, by operation and result code "
+            '(labels from fixed sets: an unknown op counts as "unknown", an unknown '
+            'code as "UNKNOWN").',
             ["op", "code"],
             registry=r,
         )
