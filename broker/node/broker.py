@@ -384,16 +384,25 @@ class Broker:
         brokers = []
         members = dict(self.peers.members) if self.started.is_set() else {}
         members[self.node_id] = members.get(self.node_id) or Member(self.node_id)
+        # Partition roles are believed only from members of the cluster's topology
+        # (or contact points): a stranger in the gossip is listed without any.
+        trusted = self.peers.trusted() if self.started.is_set() else None
+
+        def claims(node_id: int, m: Member) -> dict:
+            if node_id == self.node_id:
+                return self._local_partitions()
+            return m.partitions if trusted is None or node_id in trusted else {}
+
         newest: dict[int, int] = {}  # partition -> highest term claimed by a leader
         for node_id, m in members.items():
-            parts = self._local_partitions() if node_id == self.node_id else m.partitions
+            parts = claims(node_id, m)
             for pid, info in parts.items():
                 if info.get("role") == "leader":
                     newest[pid] = max(newest.get(pid, 0), info.get("term", 0))
         for node_id in sorted(members):
             m = members[node_id]
             alive = self.peers.alive(node_id) if self.started.is_set() else node_id == self.node_id
-            parts = self._local_partitions() if node_id == self.node_id else m.partitions
+            parts = claims(node_id, m)
             brokers.append(
                 {
                     "nodeId": node_id,

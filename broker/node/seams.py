@@ -52,7 +52,11 @@ class Controls(Protocol):
 class MembershipView(Protocol):
     members: Mapping[int, Any]  # node id -> Member (region, addresses, partitions)
 
-    def alive(self, node_id: int) -> bool: ...
+    def alive(self, node_id: int) -> bool: ...  # by gossip: for display and routing
+
+    def reachable(self, node_id: int, timeout: float = 1.0) -> bool: ...  # a direct probe
+
+    def trusted(self) -> set[int] | None: ...  # who may claim partition roles
 
     def leader_of(self, partition_id: int) -> int | None: ...
 

@@ -193,14 +193,15 @@ def _force_remove(source, req: Request, retained: list[int]) -> Response:
     except t.PlanError as exc:
         raise HttpError(400, str(exc)) from None
     removed = [op.broker_id for op in ops if op.operation == t.BROKER_FORCE_REMOVE]
-    unreachable = [b for b in retained if not source.peers.alive(b)]
+    # Direct probes, not gossip: one forged record must not decide a forced change.
+    unreachable = [b for b in retained if not source.peers.reachable(b)]
     if unreachable:
         raise HttpError(
             400,
             f"retained brokers {unreachable} are not reachable; a forced change needs every "
             "retained broker (fix or exclude them first)",
         )
-    reachable = [b for b in removed if source.peers.alive(b)]
+    reachable = [b for b in removed if source.peers.reachable(b)]
     if reachable and not req.query_bool(OVERRIDE):
         raise HttpError(
             400,
