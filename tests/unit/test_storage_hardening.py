@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import logging
 import os
 import resource
@@ -279,6 +280,7 @@ def few_fds(limit: int = 256):
 
 
 def exhaust_fds() -> list[int]:
+    gc.collect()  # files nobody holds any more are closed now, not while we wait
     held = []
     try:
         while True:
@@ -288,8 +290,16 @@ def exhaust_fds() -> list[int]:
     return held
 
 
-def test_running_out_of_fds_never_ends_the_partition_thread(tmp_path):
-    r = make_runner(tmp_path, segment_size=1024)
+@pytest.mark.parametrize(
+    "where",
+    [
+        {"segment_size": 1024},  # a new journal segment
+        {"snapshot_entries": 1, "segment_size": 1 << 20},  # a snapshot file
+    ],
+    ids=["segment", "snapshot"],
+)
+def test_running_out_of_fds_never_ends_the_partition_thread(tmp_path, where):
+    r = make_runner(tmp_path, **where)
     r.start()
     held: list[int] = []
     try:
@@ -297,17 +307,26 @@ def test_running_out_of_fds_never_ends_the_partition_thread(tmp_path):
         assert propose_and_wait(r, b"before")["ok"]
         with few_fds():
             held = exhaust_fds()
-            refused = None
-            for i in range(50):  # each append of 600 bytes soon needs a new segment
+
+            def failed() -> bool:
+                held.extend(exhaust_fds())  # whatever another thread closed meanwhile
+                return r.failure is not None
+
+            for i in range(50):  # 600 bytes each: soon a new segment or a snapshot file
                 result = propose_and_wait(r, b"%d" % i * 300)
-                if result.get("code") == "RESOURCE_EXHAUSTED":
-                    refused = result
+                assert result["ok"] or result["code"] in ("UNAVAILABLE", "RESOURCE_EXHAUSTED")
+                with contextlib.suppress(AssertionError):  # a snapshot: on the next tick
+                    wait_until(failed, 0.2 if "snapshot_entries" in where else 0)
+                if r.failure is not None:
                     break
-                assert result["ok"] or result["code"] == "UNAVAILABLE", result
-            assert refused is not None, "no write ever needed a new file"
-            assert "Too many open files" in refused["message"]
+            assert r.failure is not None, "no write ever needed a new file"
+            assert "Too many open files" in r.failure
+            held += exhaust_fds()  # the descriptors the stopped partition closed
             assert r._thread.is_alive()
             assert r.status["health"] == "unhealthy"
+            refused = propose_and_wait(r, b"while out of fds")
+            assert refused["code"] == "RESOURCE_EXHAUSTED", refused
+            assert "Too many open files" in refused["message"]
             assert r.refusal(write=True)["code"] == "RESOURCE_EXHAUSTED"
             for fd in held:
                 os.close(fd)
