@@ -411,3 +411,43 @@ def test_expect_100_continue_only_for_an_acceptable_body(server):
         sock.sendall(b"{}")
         _, reply = closed_within(sock, 5)
     assert reply.startswith(b"HTTP/1.1 202 ")
+
+
+# --- plan size (the topology API's bound, checked against a real configuration) -----------
+
+
+def test_plan_size_is_bounded_before_and_after_planning():
+    from broker.node.topology_api import (
+        MAX_BROKERS,
+        MAX_PLAN_OPERATIONS,
+        _check_plan,
+        _check_size,
+    )
+    from broker.topology import model as t
+
+    # Far too large: refused before planning, at once.
+    cfg = t.initial(3, 512, 3, ["e1"], "now")
+    started = time.monotonic()
+    with pytest.raises(HttpError) as err:
+        _check_size(cfg, list(range(MAX_BROKERS)), MAX_BROKERS)
+    assert time.monotonic() - started < 0.1
+    assert err.value.status == 400 and str(MAX_PLAN_OPERATIONS) in err.value.message
+    with pytest.raises(HttpError) as err:
+        _check_size(cfg, list(range(MAX_BROKERS + 1)), 3)
+    assert str(MAX_BROKERS) in err.value.message
+    # Plannable but too many operations: refused once planned (planning is quick).
+    cfg = t.initial(3, 8, 3, ["e1"], "now")
+    _check_size(cfg, list(range(MAX_BROKERS)), MAX_BROKERS)
+    started = time.monotonic()
+    ops = t.plan_scale(cfg, list(range(MAX_BROKERS)), MAX_BROKERS)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(HttpError) as err:
+        _check_plan(ops)
+    assert err.value.status == 400 and str(MAX_PLAN_OPERATIONS) in err.value.message
+    # At the edge, the expected topology is computed quickly.
+    cfg = t.initial(3, 2, 3, ["e1"], "now")
+    ops = t.plan_scale(cfg, list(range(MAX_BROKERS)), 760)
+    _check_plan(ops)
+    started = time.monotonic()
+    t.expected(cfg, ops, "now").to_api()
+    assert time.monotonic() - started < 3.0
