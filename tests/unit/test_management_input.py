@@ -44,7 +44,9 @@ DEADLINE = 0.5
     [
         ("99999999999999999999", "between"),
         (str(INT32_MAX + 1), "between"),
-        ("9" * 5000, "expected an integer"),
+        ("9" * 5000, "between"),
+        ("-" + "9" * 5000, "between"),
+        ("+", "expected an integer"),
         ("1_000", "expected an integer"),
         (" 12", "expected an integer"),
         ("\u0663", "expected an integer"),
