@@ -27,6 +27,12 @@ from typing import Any
 
 from broker.tls import certified_node, describe_failure
 from broker.wire import (
+    ACCEPTOR_HANDSHAKE,
+    DIALER_HANDSHAKE,
+    FROM_CLIENT,
+    FROM_GATEWAY,
+    FROM_PEER,
+    HANDSHAKE_MAX_FRAME,
     MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     ROLE_CLIENT,
@@ -57,8 +63,6 @@ MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 WRITE_BATCH_BYTES = 1024 * 1024  # the writer joins queued frames into writes of about this
 TLS_WRITE_CHUNK = 16 * 1024  # one TLS record: the unit of a non-blocking TLS write
 WRITER_JOIN_TIMEOUT = 2.0  # how long a closing reader waits for its writer
-# Before its handshake is done a connection may send only a HELLO: a small frame.
-HELLO_MAX_FRAME = 4096
 # A frame must arrive whole within this many seconds of its first byte, so that a
 # peer dripping bytes cannot hold a connection (and its thread) forever.
 FRAME_TIMEOUT = 30.0
@@ -486,7 +490,7 @@ class Transport:
         made the way this node dials peers (with TLS, authenticated by its
         certificate). Raises HandshakeRejected, ProtocolError or OSError."""
         sock, node_id = connect_client(
-            (host, port), self.cluster_name, timeout, FrameDecoder(HELLO_MAX_FRAME), self.client_ssl
+            (host, port), self.cluster_name, timeout, FrameDecoder(), self.client_ssl
         )
         try:
             if self.authenticate_peers and certified_node(sock, self.cluster_name) != node_id:
@@ -590,13 +594,17 @@ class Transport:
                 except ssl.SSLError as e:
                     self._refuse_tls(peer, e)
                     return
-            decoder = FrameDecoder(min(self.max_frame_size, HELLO_MAX_FRAME))
+            # Before its handshake a connection may send only a HELLO, a small frame.
+            decoder = FrameDecoder(
+                min(self.max_frame_size, HANDSHAKE_MAX_FRAME), accept=ACCEPTOR_HANDSHAKE
+            )
             hello = self._handshake(sock, decoder, peer)
             with self._lock:
                 in_time = self._handshaking.pop(number, None) is not None
             if hello is None or not in_time:
                 return
             decoder.max_frame_size = self.max_frame_size
+            decoder.accept = FROM_CLIENT if hello.role == ROLE_CLIENT else FROM_PEER
             conn = Connection(sock, address, hello)
             sock.settimeout(self.io_timeout)
             self._read_loop(conn, decoder)
@@ -830,7 +838,7 @@ class _Peer:
             sock.sendall(
                 encode_frame(Hello(t.cluster_name, t.node_id, PROTOCOL_VERSION, ROLE_PEER))
             )
-            reply = recv_frame(sock, FrameDecoder(t.max_frame_size))
+            reply = recv_frame(sock, FrameDecoder(HANDSHAKE_MAX_FRAME, accept=DIALER_HANDSHAKE))
             if type(reply) is HelloReject:
                 raise HandshakeRejected(reply.reason)
             if type(reply) is not HelloOk:
@@ -974,7 +982,9 @@ def connect_client(
         if ssl_context is not None:
             sock = ssl_context.wrap_socket(sock, server_hostname=address[0])
         sock.sendall(encode_frame(Hello(cluster_name, -1, PROTOCOL_VERSION, ROLE_CLIENT)))
+        decoder.accept = DIALER_HANDSHAKE
         reply = recv_frame(sock, decoder)
+        decoder.accept = FROM_GATEWAY
         if type(reply) is HelloReject:
             log.warning("%s rejected handshake: %s", _fmt(address), reply.reason)
             raise HandshakeRejected(reply.reason)

@@ -148,6 +148,7 @@ class Broker:
             cfg.network.gateway.request_timeout,
             cfg.network.gateway.max_inflight,
             self.metrics,
+            max_frame_size=cfg.network.max_frame_size,
         )
         # forwarded requests and control commands from other brokers
         self.link.serve = lambda conn, req_id, body: self.gateway.handle(

@@ -264,9 +264,10 @@ TRUNCATED = encode_frame(Request(7, {"data": b"x" * 1000}))[:-10]
         (True, b"\x00garbage\xff" * 10, False, "bad magic"),
         (True, OVERSIZED, False, "frame of 67108864 bytes exceeds limit of 4194304"),
         (True, TRUNCATED, True, "stream ended inside a frame"),
-        (False, TRUNCATED, True, "stream ended inside a frame"),
+        # Before the handshake only a HELLO is read: other types are refused from the header.
+        (False, TRUNCATED, True, "unexpected REQUEST frame"),
         (True, encode_frame(Hello(CLUSTER, -1, 1, "client")), False, "unexpected HELLO"),
-        (False, encode_frame(Request(1, {})), False, "expected HELLO, got REQUEST"),
+        (False, encode_frame(Request(1, {})), False, "unexpected REQUEST frame"),
     ],
     ids=[
         "garbage-before-hello",
@@ -311,7 +312,7 @@ def test_raft_frames_from_a_client_are_refused(make_transport, caplog, closing):
     client_hello(s)
     s.sendall(encode_frame(RaftBatch([(1, TimeoutNow(1, 2, 1))])))
     assert closed_by_server(s)
-    wait_until(lambda: logged(caplog, "unexpected RAFT frame from a client"))
+    wait_until(lambda: logged(caplog, "unexpected RAFT frame"))
     assert server.inbox.raft == []
 
 
@@ -461,7 +462,7 @@ def test_response_type_is_checked_by_the_client(make_transport, closing):
             assert client.node_id == 9
             client.send_request({})
             assert client.recv_response() == (99, {})
-            with pytest.raises(ProtocolError, match="expected RESPONSE, got HELLO_OK"):
+            with pytest.raises(ProtocolError, match="unexpected HELLO_OK frame"):
                 client.recv_response()
     finally:
         t.join(5)
