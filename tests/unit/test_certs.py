@@ -65,6 +65,12 @@ def test_ca_identity_and_files(tmp_path, ca):
     assert certs.key_matches(ca[0], ca[1])
 
 
+def test_new_directories_are_private(tmp_path):
+    r = certs.ensure_ca(CLUSTER, tmp_path / "pki" / "ca.crt", tmp_path / "pki" / "ca.key")
+    assert r.changed
+    assert stat.S_IMODE((tmp_path / "pki").stat().st_mode) == 0o700
+
+
 def test_existing_ca_is_never_replaced(tmp_path, ca):
     before = ca[0].read_bytes(), ca[1].read_bytes()
     r = certs.ensure_ca(CLUSTER, *ca)
