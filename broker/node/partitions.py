@@ -930,14 +930,23 @@ class PartitionRunner:
         if term != node.term:
             return f"partition {pid}: has not heard from leader {node.leader_id} yet"
         applied = self.state.applied_index
-        if applied >= commit:
-            self._caught_up = True
-        elif not self._caught_up or commit - applied > CATCHUP_SLACK:
-            return (
-                f"partition {pid}: catching up: applied index {applied}, "
-                f"leader {node.leader_id} has committed {commit}"
-            )
-        return None
+        if not self._caught_up and commit <= applied:
+            # A new leader's commit index lags until the first entry of its term
+            # commits: reaching an older one proves nothing. One of its own term covers
+            # everything committed before it (in term 1 there is no before).
+            if node.term == 1 or (commit and node.log.term_at(commit) == node.term):
+                self._caught_up = True  # for good: within CATCHUP_SLACK from now on
+            else:
+                return (
+                    f"partition {pid}: waiting for leader {node.leader_id} to commit an "
+                    f"entry of term {node.term} (applied index {applied})"
+                )
+        if self._caught_up and commit - applied <= CATCHUP_SLACK:
+            return None
+        return (
+            f"partition {pid}: catching up: applied index {applied}, "
+            f"leader {node.leader_id} has committed {commit}"
+        )
 
     def _update_log_metrics(self) -> None:
         if self.metrics:
