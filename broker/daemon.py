@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 
 from broker.config import BrokerConfig, ConfigError, check_tls_files, load_config, parse_size
-from broker.fsutil import StorageError
+from broker.fsutil import StorageError, make_private_dirs
 from broker.tls import client_context
 
 EXIT_NOT_RUNNING = 3  # LSB: program is not running
@@ -39,6 +39,20 @@ EXIT_NOT_RUNNING = 3  # LSB: program is not running
 EXIT_STORAGE = 2
 DEFAULT_LOG_MAX_SIZE = "64MB"
 DEFAULT_LOG_KEEP = 5
+
+
+def _private(path: str, flags: int) -> int:
+    """An ``open`` opener: files the broker creates are 0600 whatever the umask."""
+    fd = os.open(path, flags, 0o600)
+    os.fchmod(fd, 0o600)
+    return fd
+
+
+class _PrivateRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """The log, and each file it rotates to, created 0600."""
+
+    def _open(self):
+        return open(self.baseFilename, self.mode, encoding=self.encoding, opener=_private)
 
 
 def _load(path: str | None, *, serving: bool = False) -> BrokerConfig:
@@ -135,9 +149,7 @@ def run(
             print(f"broker: {exc}", file=sys.stderr)
             return 2
         handlers = [
-            logging.handlers.RotatingFileHandler(
-                log_file, maxBytes=size, backupCount=keep, encoding="utf-8"
-            )
+            _PrivateRotatingFileHandler(log_file, maxBytes=size, backupCount=keep, encoding="utf-8")
         ]
     logging.basicConfig(
         level=logging.INFO,
@@ -194,7 +206,7 @@ def start(
         print(f"broker: {exc}", file=sys.stderr)
         return 2
     pid_file, log_file = _paths(cfg)
-    os.makedirs(cfg.data.directory, exist_ok=True)
+    make_private_dirs(cfg.data.directory)
     pid = _running_pid(pid_file)
     if pid is not None:
         print(f"broker {cfg.cluster.node_id} already running (pid {pid})")
@@ -204,7 +216,7 @@ def start(
         cmd += ["--config", os.path.abspath(config)]
     cmd += ["--log-file", log_file, "--log-max-size", str(log_max_size)]
     cmd += ["--log-keep", str(log_keep)]
-    with open(_out_path(cfg), "ab") as log:
+    with open(_out_path(cfg), "ab", opener=_private) as log:
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -213,7 +225,7 @@ def start(
             start_new_session=True,  # survives the shell (and Ansible task) that started it
             close_fds=True,
         )
-    with open(pid_file, "w") as f:
+    with open(pid_file, "w", opener=_private) as f:
         f.write(f"{proc.pid}\n")
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

@@ -14,9 +14,10 @@ import ssl
 import threading
 from datetime import UTC, datetime
 
-from broker import __version__, certs
+from broker import __version__
 from broker.config import BrokerConfig, ConfigError, dual_region_warnings
 from broker.diskspace import DiskSpaceMonitor
+from broker.fsutil import make_private_dirs
 from broker.metrics import BrokerMetrics
 from broker.node import topology_api
 from broker.node.exporting import ExporterRunner
@@ -100,6 +101,8 @@ class Broker:
         tls = self._tls_contexts()  # before anything binds or writes: a bad file stops us
         if tls is not None:
             t = cfg.security.tls
+            from broker import certs  # cryptography: loaded only with TLS on
+
             expiry = certs.not_after(t.certificate)
             self.metrics.tls_certificate_expiry.set(expiry.timestamp())
             days = (expiry - datetime.now(UTC)).total_seconds() / 86400
@@ -117,7 +120,7 @@ class Broker:
             )
         for warning in dual_region_warnings(cfg):
             log.warning("%s", warning)
-        os.makedirs(cfg.data.directory, exist_ok=True)
+        make_private_dirs(cfg.data.directory)
         free = cfg.data.free_space
         self.disk = DiskSpaceMonitor(
             cfg.data.directory, free.processing, free.replication, metrics=self.metrics

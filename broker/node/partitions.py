@@ -530,21 +530,15 @@ class PartitionRunner:
         node, meta = self.node, msg.meta
         if meta.index <= node.commit:
             return True  # the core ignores it
-        if msg.offset == 0:
-            data = msg.data
-        else:
-            inc = getattr(node, "_incoming", None)
-            key = (msg.src, msg.term, meta.index)
-            if inc is None or inc[0] != key or len(inc[1]) != msg.offset:
-                return True  # out of order: the core asks for the right chunk
-            data = bytes(inc[1]) + msg.data
+        data = node.incoming_snapshot(msg)
+        if data is None:
+            return True  # out of order: the core asks for the right chunk
         try:
             if meta.index < 1 or meta.term < 1 or not meta.config.voters:
                 raise ValueError(f"bad snapshot metadata {meta}")
             check_snapshot(data, meta.index)
         except ValueError as exc:
-            if hasattr(node, "_incoming"):
-                node._incoming = None
+            node.drop_incoming_snapshot()
             key = (msg.src, meta.index, meta.term)
             if self._refused_snapshot != key:
                 self._refused_snapshot = key

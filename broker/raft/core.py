@@ -311,6 +311,21 @@ class RaftNode:
         if self.role is Role.LEADER:
             self._maybe_commit()
 
+    def incoming_snapshot(self, m: InstallSnapshot) -> bytes | None:
+        """The whole snapshot once ``m`` (its last chunk) is added to the chunks
+        received so far, or None if ``m`` does not follow them (out of order, or
+        another transfer). Lets the caller verify a snapshot before ``step``."""
+        if m.offset == 0:
+            return m.data
+        inc = self._incoming
+        if inc is None or inc[0] != (m.src, m.term, m.meta.index) or len(inc[1]) != m.offset:
+            return None
+        return bytes(inc[1]) + m.data
+
+    def drop_incoming_snapshot(self) -> None:
+        """Forget the chunks of a transfer the caller refused (the leader resends)."""
+        self._incoming = None
+
     def compact(self, index: int, data: bytes) -> SnapshotMeta:
         """Take the caller's state machine snapshot at ``index`` (<= applied) and
         drop the log up to it. Returns the metadata the caller must persist."""

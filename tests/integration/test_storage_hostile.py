@@ -90,6 +90,7 @@ def test_everything_in_the_data_directory_is_private_whatever_the_umask(tmp_path
                 if mode != 0o600:
                     loose.append(f"{path}: {mode:o}")
         assert not loose, loose
+        assert stat.S_IMODE(os.stat(data).st_mode) == 0o700  # the data directory itself
         # the partition, its journal (segments), snapshots and meta were all looked at
         part = os.path.join(data, "partitions", "1")
         for sub in ("journal", "snapshots", "meta"):
