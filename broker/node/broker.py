@@ -366,7 +366,7 @@ class Broker:
         status (``/actuator/health``) is DOWN until every partition is healthy."""
         started = self.started.is_set()
         runners = list(self.runners.items())
-        dead = [pid for pid, r in runners if r.status.get("health") == "dead"]
+        dead = [pid for pid, r in runners if r.status.get("health") == "dead" or r.died]
         unhealthy = {
             str(pid): r.status.get("unhealthyReason", "unhealthy")
             for pid, r in runners

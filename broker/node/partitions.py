@@ -400,6 +400,16 @@ class PartitionRunner:
     def is_leader(self) -> bool:
         return self.status.get("role") == "leader"
 
+    @property
+    def died(self) -> bool:
+        """The partition's thread ended without being stopped (a bug, logged where it
+        happened): its last status would otherwise read as healthy forever."""
+        return (
+            self._thread.ident is not None
+            and not self._thread.is_alive()
+            and not self._stop.is_set()
+        )
+
     def _admit(self, size: int, kind: str) -> bool:
         if self._inbox.qsize() < MAX_INBOX_ITEMS:
             if not size:

@@ -400,3 +400,22 @@ def test_a_full_inbox_drops_raft_messages_and_refuses_proposals(tmp_path, monkey
         assert r._inbox.qsize() == 0 and r._inbox_bytes == 0
     finally:
         r.stop()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_partition_thread_that_ended_unasked_is_reported_as_died(tmp_path):
+    # Nothing ordinary ends the thread (see above); something that escapes every
+    # handler must still not leave the last "healthy" status standing.
+    r = make_runner(tmp_path)
+    r.start()
+    try:
+        wait_until(lambda: r.status["role"] == "leader", 10)
+        assert not r.died
+        fail_once(r.node, "tick", SystemExit("escapes every handler"))
+        wait_until(lambda: r.died, 10)
+    finally:
+        r.stop()
+    stopped = make_runner(tmp_path / "other")
+    stopped.start()
+    stopped.stop()
+    assert not stopped.died  # stopped on purpose: not a death
