@@ -7,8 +7,12 @@ import getpass
 import grp
 import json
 import os
+import socket
+import ssl
 import stat
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ import yaml
 
 from broker import certs
 
-from .conftest import ROOT, ansible_playbook, tool
+from .conftest import ROOT, ansible_playbook, make_local_inventory, tool
 
 CLUSTER = "tls test"
 
@@ -310,3 +314,90 @@ def test_role_renews_and_distributes_a_ca_bundle(tmp_path):
     assert certs.signed_by(cert, certs.load_cert(new / "ca.crt"))
     assert cert.serial_number != old_serial
     assert certs.key_matches(cert, tmp_path / "hosts/brk-r0-h0/tls/broker.key")
+
+
+# --- a real TLS cluster: deploy, then rotate certificates and the CA -------------
+
+
+def https_topology(port: int, ca: Path) -> dict:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    with urllib.request.urlopen(
+        f"https://127.0.0.1:{port}/v2/topology", timeout=5, context=ctx
+    ) as resp:
+        return json.loads(resp.read())
+
+
+def peer_identity(port: int, ca: Path, cert: Path, key: Path) -> str | None:
+    """The identity URI the broker's internal port presents, dialed with a broker cert."""
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(cert, key)
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        ctx.wrap_socket(raw) as tls,
+    ):
+        sans = tls.getpeercert()["subjectAltName"]
+    return next((v for k, v in sans if k == "URI"), None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_tls_cluster_deploys_and_rotates_its_ca(tmp_path, broker_sources):
+    ca_dir = tmp_path / "tls"
+    inv = make_local_inventory(
+        tmp_path,
+        broker_sources,
+        cluster_vars={"broker_tls_enabled": True, "broker_tls_ca_dir": str(ca_dir)},
+    )
+    try:
+        run = ansible_playbook(inv.path, "playbooks/deploy.yml")
+        assert run.returncode == 0, str(run)
+        host = "brk-r1-h2"
+        tls = inv.config(host).parent / "tls"
+        mgmt = inv.hosts[host]["broker_management_port"]
+        internal = inv.hosts[host]["broker_internal_port"]
+        topo = https_topology(mgmt, ca_dir / "ca.crt")
+        assert len([b for b in topo["brokers"] if b["alive"]]) == 8
+        with pytest.raises(OSError):  # plaintext HTTP is not served (reset or refused)
+            urllib.request.urlopen(f"http://127.0.0.1:{mgmt}/v2/topology", timeout=5)
+        node_id = 2 * 2 + 1
+        assert peer_identity(
+            internal, ca_dir / "ca.crt", tls / "broker.crt", tls / "broker.key"
+        ) == (f"urn:broker:dual-region:node:{node_id}")
+
+        unchanged = ansible_playbook(inv.path, "playbooks/deploy.yml")
+        assert unchanged.returncode == 0 and unchanged.changed == 0, str(unchanged)
+
+        old_ca = certs.load_cert(ca_dir / "ca.crt")
+        run = ansible_playbook(inv.path, "playbooks/rotate-certs.yml", "-e", "broker_tls_rotate=ca")
+        assert run.returncode == 0, str(run)
+        new_ca = certs.load_cert(ca_dir / "ca.crt")
+        assert new_ca != old_ca and not (ca_dir / "next").exists()
+        assert [p.suffix for p in sorted((ca_dir / "retired").iterdir())] == [".crt", ".key"]
+        for h in inv.hosts:
+            h_tls = inv.config(h).parent / "tls"
+            assert certs.signed_by(certs.load_cert(h_tls / "broker.crt"), new_ca), h
+            assert certs.load_certs(h_tls / "ca.crt") == [new_ca], h
+        # the running brokers present the new certificates, and the cluster is whole
+        topo = https_topology(mgmt, ca_dir / "ca.crt")
+        assert len([b for b in topo["brokers"] if b["alive"]]) == 8
+        # a client that trusts only the retired CA is refused
+        retired = next((ca_dir / "retired").glob("*.crt"))
+        with pytest.raises(urllib.error.URLError):
+            https_topology(mgmt, retired)
+    finally:
+        inv.stop_all()
+
+
+@pytest.mark.parametrize("inventory", ["inventories/local", "inventories/example"])
+def test_rotate_certs_playbook_syntax(inventory):
+    run = ansible_playbook(ROOT / inventory, "playbooks/rotate-certs.yml", "--syntax-check")
+    assert run.returncode == 0, str(run)
+
+
+def test_rotate_certs_refuses_without_tls(tmp_path):
+    inventory, _ = role_fixture(tmp_path, broker_tls_enabled=False)
+    run = ansible_playbook(inventory, "playbooks/rotate-certs.yml")
+    assert run.returncode != 0, str(run)
+    assert "rotate-certs.yml needs broker_tls_enabled=true" in run.flat(), str(run)
+    assert not (tmp_path / "controller").exists()
