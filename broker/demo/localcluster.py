@@ -80,6 +80,7 @@ class LocalCluster:
         self.procs: dict[int, subprocess.Popen] = {}
         self.tls = tls
         self._ssl: ssl.SSLContext | None = None
+        self._clients: list[BrokerClient] = []  # made by client(), closed by stop_all()
         if tls:
             self._issue_certificates()
         contact = [f"127.0.0.1:{self.ports[i]['internal']}" for i in range(size)]
@@ -161,9 +162,12 @@ class LocalCluster:
         return self._ssl
 
     def client(self, nodes=None, **kw) -> BrokerClient:
-        """A client of the gateways of ``nodes`` (all by default), with TLS if on."""
+        """A client of the gateways of ``nodes`` (all by default), with TLS if on;
+        closed by ``stop_all`` if not before."""
         kw.setdefault("cluster_name", self.cluster_name)
-        return BrokerClient(self.gateways(nodes), ssl_context=self.ssl_context(), **kw)
+        client = BrokerClient(self.gateways(nodes), ssl_context=self.ssl_context(), **kw)
+        self._clients.append(client)
+        return client
 
     # --- paths and addresses ------------------------------------------------------
 
@@ -219,6 +223,9 @@ class LocalCluster:
                 proc.wait(10)
 
     def stop_all(self) -> None:
+        for client in self._clients:
+            client.close()
+        self._clients.clear()
         for i in list(self.procs):
             self.stop(i)
 

@@ -122,7 +122,8 @@ def test_valid_frames_decode_whole_in_any_chunks(batch, cuts):
     out = feed_in_chunks(data, cuts)
     decoded = [f for f in out if not isinstance(f, ProtocolError)]
     if len(decoded) == len(out):  # values the codec refuses (deep, too many items) aside
-        assert decoded == batch
+        # Compared as bytes: a NaN in a body is not equal to itself.
+        assert b"".join(encode_frame(f) for f in decoded) == data
 
 
 @FUZZ
