@@ -18,6 +18,7 @@ PLAYBOOKS = [
     "remove.yml",
     "failover.yml",
     "failback.yml",
+    "rotate-certs.yml",
 ]
 EXAMPLE = ROOT / "inventories" / "example"
 
