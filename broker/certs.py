@@ -32,17 +32,14 @@ Command line (``python -m broker.certs --help``)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import ipaddress
 import json
 import os
 import secrets
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -50,7 +47,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-URN_PREFIX = "urn:broker:"
+from broker.fsutil import atomic_write, make_private_dirs
+from broker.tls import URN_PREFIX
+from broker.tls import identity_uri as identity_uri_of
+
 CA_DAYS = 3650
 CERT_DAYS = 365
 RENEW_BEFORE_DAYS = 30
@@ -77,11 +77,11 @@ class Result:
 
 
 def node_uri(cluster: str, node_id: int | str) -> str:
-    return f"{URN_PREFIX}{quote(cluster, safe='')}:node:{int(node_id)}"
+    return identity_uri_of(cluster, "node", int(node_id))
 
 
 def client_uri(cluster: str, name: str) -> str:
-    return f"{URN_PREFIX}{quote(cluster, safe='')}:client:{name}"
+    return identity_uri_of(cluster, "client", name)
 
 
 def split_names(names: list[str] | tuple[str, ...]) -> tuple[list[str], list[str]]:
@@ -141,20 +141,8 @@ def _node_id(node_id) -> int:
 
 
 def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    if not path.parent.is_dir():
-        path.parent.mkdir(mode=0o700, parents=True)  # a new PKI directory is private
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    make_private_dirs(path.parent)  # a new PKI directory is private
+    atomic_write(path, data, mode)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -79,13 +79,14 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str | os.PathLike, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file."""
+def atomic_write(path: str | os.PathLike, data: bytes, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file
+    (created with ``mode``: private unless asked)."""
     path = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=_TEMP_SUFFIX, dir=directory)
     try:
-        os.fchmod(fd, FILE_MODE)  # mkstemp's 0600 today; stated, not assumed
+        os.fchmod(fd, mode)  # mkstemp's 0600 today; stated, not assumed
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
