@@ -32,6 +32,10 @@ Size = Annotated[int, "size"]  # bytes
 
 EXPORTER_TYPES = ("file", "http")
 TLS_CLIENT_AUTH = ("none", "optional", "required")
+# network.maxFrameSize: Raft batches of up to 1MB (and snapshot chunks of 1MB) must
+# fit in a frame, or replication would stall on frames the sender drops.
+MIN_FRAME_SIZE = 2 * MB
+MAX_FRAME_SIZE_LIMIT = 64 * MB
 ENV_PREFIX = "BROKER_"
 
 DURATION_HELP = (
@@ -599,11 +603,17 @@ def _validate(cfg: BrokerConfig, fail) -> None:
         {
             "cluster.membership.gossipFanout": m.gossip_fanout,
             "cluster.membership.suspectProbes": m.suspect_probes,
-            "network.maxFrameSize": n.max_frame_size,
             "network.gateway.maxInflight": n.gateway.max_inflight,
             "data.logSegmentSize": d.log_segment_size,
             "data.snapshotEntries": d.snapshot_entries,
         },
+    )
+    need(
+        MIN_FRAME_SIZE <= n.max_frame_size <= MAX_FRAME_SIZE_LIMIT,
+        "network.maxFrameSize",
+        format_size(n.max_frame_size),
+        f"between {format_size(MIN_FRAME_SIZE)} (a replication batch of 1MB must fit) "
+        f"and {format_size(MAX_FRAME_SIZE_LIMIT)}",
     )
     need(
         r.heartbeat_interval < r.election_timeout,

@@ -308,7 +308,7 @@ def test_env_overrides_nested_keys_with_their_types():
             "BROKER_CLUSTER_MEMBERSHIP_GOSSIPFANOUT": "4",
             "BROKER_NETWORK_GATEWAY_MAXINFLIGHT": "20",
             "BROKER_NETWORK_GATEWAY_REQUESTTIMEOUT": "2s",
-            "BROKER_NETWORK_MAXFRAMESIZE": "1MB",
+            "BROKER_NETWORK_MAXFRAMESIZE": "3MB",
             "BROKER_NETWORK_ADVERTISEDHOST": "me.example",
             "BROKER_DATA_FREESPACE_REPLICATION": "512MB",
             "BROKER_DATA_SNAPSHOTENTRIES": "10",
@@ -321,7 +321,7 @@ def test_env_overrides_nested_keys_with_their_types():
     assert cfg.cluster.membership.gossip_fanout == 4
     assert cfg.network.gateway.max_inflight == 20
     assert cfg.network.gateway.request_timeout == 2.0
-    assert cfg.network.max_frame_size == MB
+    assert cfg.network.max_frame_size == 3 * MB
     assert cfg.network.advertised_host == "me.example"
     assert cfg.data.free_space.replication == 512 * MB
     assert cfg.data.snapshot_entries == 10
@@ -604,7 +604,12 @@ TLS_CERT = {"certificate": "/c.pem", "privateKey": "/k.pem"}
             {"network": {"gateway": {"requestTimeout": 0}}},
             "network.gateway.requestTimeout = 0ms: must be greater than 0ms",
         ),
-        ({"network": {"maxFrameSize": 0}}, "network.maxFrameSize = 0: must be at least 1"),
+        (
+            {"network": {"maxFrameSize": 1}},
+            "network.maxFrameSize = 1: between 2MB (a replication batch of 1MB must fit) "
+            "and 64MB",
+        ),
+        ({"network": {"maxFrameSize": "1GB"}}, "network.maxFrameSize = 1GB: between 2MB"),
         ({"data": {"snapshotEntries": 0}}, "data.snapshotEntries = 0: must be at least 1"),
         ({"data": {"snapshotPeriod": "0s"}}, "data.snapshotPeriod = 0ms: must be greater than 0ms"),
         (
