@@ -606,8 +606,7 @@ TLS_CERT = {"certificate": "/c.pem", "privateKey": "/k.pem"}
         ),
         (
             {"network": {"maxFrameSize": 1}},
-            "network.maxFrameSize = 1: between 2MB (a replication batch of 1MB must fit) "
-            "and 64MB",
+            "network.maxFrameSize = 1: between 2MB (a replication batch of 1MB must fit) and 64MB",
         ),
         ({"network": {"maxFrameSize": "1GB"}}, "network.maxFrameSize = 1GB: between 2MB"),
         ({"data": {"snapshotEntries": 0}}, "data.snapshotEntries = 0: must be at least 1"),
