@@ -157,7 +157,18 @@ def test_a_forged_snapshot_from_a_peer_is_refused_by_a_real_broker(tmp_path):
         client = c.client()
         for i in range(12):
             client.append(f"r-{i}", 1)
-        wait_for(lambda: snapshots_of(c, 0), 15, "a snapshot")
+
+        def settled() -> bool:
+            """Every entry applied and the last snapshot taken (one every 5 entries): no
+            snapshot of its own can come after ``before`` and be mistaken for the forged one."""
+            st = partition_status(c, 0)
+            return bool(
+                st.get("snapshotId")
+                and st["processedIndex"] == st["commitIndex"]
+                and st["processedIndex"] - int(st["snapshotId"]) < 5
+            )
+
+        wait_for(settled, 15, "the last snapshot")
         before = partition_status(c, 0)
         snaps = snapshots_of(c, 0)
         rogue = Transport(7, c.cluster_name, "127.0.0.1", 0, on_raft=lambda src, items: None)
