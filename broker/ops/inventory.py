@@ -140,9 +140,8 @@ class ClientTls:
     key: str | None = None
 
     @functools.cached_property
-    def context(self) -> ssl.SSLContext:
-        from broker.tls import TlsSetupError, client_context
-
+    def files(self) -> tuple[str, str | None, str | None]:
+        """(CA, client certificate, its key): what brokerctl takes as --tls-ca/-cert/-key."""
         cert, key = self.cert, self.key
         if not cert and self.ca_key and os.path.exists(self.ca_key):
             from broker import certs
@@ -151,10 +150,24 @@ class ClientTls:
             cert = os.path.join(clients, f"{OPS_CLIENT}.crt")
             key = os.path.join(clients, f"{OPS_CLIENT}.key")
             certs.ensure_client(self.cluster, OPS_CLIENT, self.ca, self.ca_key, cert, key)
+        return self.ca, cert, key
+
+    @functools.cached_property
+    def context(self) -> ssl.SSLContext:
+        from broker.tls import TlsSetupError, client_context
+
         try:
-            return client_context(self.ca, cert, key)
+            return client_context(*self.files)
         except TlsSetupError as exc:
             raise InventoryError(f"TLS: {exc}") from None
+
+    def environment(self) -> dict[str, str]:
+        """brokerctl's BROKER_TLS_* variables for these files."""
+        ca, cert, key = self.files
+        env = {"BROKER_TLS_CA": ca}
+        if cert and key:
+            env.update(BROKER_TLS_CERT=cert, BROKER_TLS_KEY=key)
+        return env
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,8 @@ TAIL_LINES = 40  # of each command's output, kept in the audit record
 TAIL_CHARS = 6000
 READER_GRACE = 5.0  # after a command exits, how long its output may still drain
 TOKEN_ENV = "BROKER_MANAGEMENT_TOKEN"  # brokerctl's: the inventory's token, for its commands
-_TOKENS: dict[str, str] = {}  # inventory -> its management token, as resolve_parameters read it
+# inventory -> what brokerctl needs from it (BROKER_MANAGEMENT_TOKEN, BROKER_TLS_*)
+_CLIENT_ENVS: dict[str, dict[str, str]] = {}
 
 STEP_RE = re.compile(r"^##\s+Step\s+(\d+)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 HEADING_RE = re.compile(r"^(#{1,2})\s+(.*?)\s*$")
@@ -475,8 +476,7 @@ def resolve_parameters(
                         raise RunbookError(f"runbook {runbook.name}: {exc}") from None
             for key, value in derived_parameters(cluster, params).items():
                 params.setdefault(key, value)
-            if cluster.token:
-                _TOKENS[params["inventory"]] = cluster.token
+            _CLIENT_ENVS[params["inventory"]] = _client_env(cluster)
     missing = needed - params.keys()
     if missing:
         raise MissingParameters(runbook.name, missing)
@@ -679,9 +679,10 @@ class Runner:
             "BROKER_INVENTORY": self.params["inventory"],
             **(env or {}),
         }
-        token = self.env.get(TOKEN_ENV) or _inventory_token(self.params["inventory"])
-        if token:  # brokerctl steps talk to a management API that wants it
-            self.env[TOKEN_ENV] = token
+        # brokerctl steps talk to brokers that want the token and TLS the inventory gives
+        for name, value in _inventory_client_env(self.params["inventory"]).items():
+            if not self.env.get(name):
+                self.env[name] = value
 
     # what the operator sees
 
@@ -911,14 +912,22 @@ def execute(
     return record
 
 
-def _inventory_token(inventory: str) -> str | None:
-    """The inventory's management token (read by resolve_parameters, else now)."""
-    if inventory not in _TOKENS:
+def _client_env(cluster: Cluster) -> dict[str, str]:
+    env = {TOKEN_ENV: cluster.token} if cluster.token else {}
+    if cluster.tls is not None:
+        env.update(cluster.tls.environment())
+    return env
+
+
+def _inventory_client_env(inventory: str) -> dict[str, str]:
+    """brokerctl's token and TLS variables for the inventory (read by resolve_parameters,
+    else now); none when it cannot be read (the commands then say what is missing)."""
+    if inventory not in _CLIENT_ENVS:
         try:
-            _TOKENS[inventory] = load_inventory(inventory).token or ""
-        except InventoryError:
-            _TOKENS[inventory] = ""
-    return _TOKENS[inventory] or None
+            _CLIENT_ENVS[inventory] = _client_env(load_inventory(inventory))
+        except (InventoryError, OSError):
+            _CLIENT_ENVS[inventory] = {}
+    return _CLIENT_ENVS[inventory]
 
 
 def _summary(runner: Runner, record: dict[str, Any], total: int) -> None:

@@ -107,3 +107,22 @@ def test_verify_reports_the_days_left_on_every_certificate(tls_cluster, tmp_path
     # Issued for a year by default: 364 or 365 days left, on every broker.
     assert "365 days left" in result.saw or "364 to 365" in result.saw, result
     assert "over 30 days left" in result.did
+
+
+def test_a_runbooks_brokerctl_steps_speak_tls_from_the_inventory(tls_cluster, tmp_path):
+    """`fab runbook verify-placement` on a TLS inventory: its brokerctl commands get the
+    CA and the ops client certificate (BROKER_TLS_*) from the inventory (the brokers
+    require a client certificate: without them every brokerctl step would fail)."""
+    from tests.ops.test_runbooks import fab
+
+    path = inventory(tls_cluster, tmp_path / "hosts.yml")
+    assert not any(k.startswith("BROKER_TLS_") for k in os.environ)
+    audit = tmp_path / "audit"
+    done = fab(
+        "runbook", "verify-placement", "--inventory", path, "--yes",
+        env={"BROKER_OPS_AUDIT_DIR": str(audit)},
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    assert "verify-placement: completed" in done.stdout, out[-4000:]
+    assert "brokerctl --management https://" in " ".join(out.split()), out[-4000:]
