@@ -10,6 +10,7 @@ did not bring up is never touched: :func:`foreign_lab` names it and the test ski
 from __future__ import annotations
 
 import contextlib
+import itertools
 
 import pytest
 
@@ -73,3 +74,10 @@ def apply_xdist_groups(config: pytest.Config, items: list[pytest.Item]) -> None:
         params = "" if old.params is None else f"[{old.params}]"
         last = f"{old.names[-1]}{params}@{'_'.join(sorted(names))}"
         item._id = NodeId(path=old.path, names=(*old.names[:-1], last))
+
+
+def longest_stall(acks, start: float, end: float) -> float:
+    """The longest time between ``start`` and ``end`` without an acknowledgement (``acks``:
+    :class:`broker.ops.load.Ack`, times from ``time.monotonic()``)."""
+    times = [start, *sorted(a.acked for a in acks if start <= a.acked <= end), end]
+    return max(b - a for a, b in itertools.pairwise(times))

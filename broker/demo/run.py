@@ -186,6 +186,11 @@ class Demo:
                 f"{cluster.partitions} partitions, replication factor "
                 f"{cluster.replication_factor}; data under {dc.data_dir(cluster.brokers[0])}/.."
             )
+            out.print(
+                f"TLS on every channel; the deploy makes the cluster CA at {cluster.tls.ca}"
+                if cluster.tls is not None
+                else "TLS off: gateway, peers and management in plaintext"
+            )
 
         with self.phase("deploy with ansible-playbook playbooks/deploy.yml"):
             self.deploy()

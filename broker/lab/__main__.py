@@ -2,6 +2,7 @@
 
     python -m broker.lab up [--hosts-per-region 4]   # idempotent: repairs what is missing
     python -m broker.lab up --init systemd           # hosts boot systemd; login: deploy+sudo
+    python -m broker.lab up --plaintext              # an inventory without TLS
     python -m broker.lab status [--json]             # exit 1 unless every host answers SSH
     python -m broker.lab cut region1                 # inter-region link down
     python -m broker.lab heal
@@ -44,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
         "systemd: hosts boot systemd (systemd-nspawn), login as deploy with sudo. "
         "A lab that is up keeps its kind.",
     )
+    up.add_argument(
+        "--plaintext",
+        dest="tls",
+        action="store_const",
+        const=False,
+        default=None,
+        help="the inventory leaves TLS off. Default for a new lab: TLS on every channel, "
+        "the cluster CA made by the role on the first deploy and kept in DIR/tls. "
+        "A lab keeps what it was brought up with unless --plaintext or --tls is given.",
+    )
+    up.add_argument("--tls", dest="tls", action="store_const", const=True, help="TLS on again")
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for boot and SSH")
     st = sub.add_parser("status", parents=[common], help="table of hosts")
     st.add_argument("--json", action="store_true")
@@ -83,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(args.dir, args.inventory, init=getattr(args, "init", None))
     try:
         if args.command == "up":
-            lab.up(args.hosts_per_region, timeout=args.timeout)
+            lab.up(args.hosts_per_region, timeout=args.timeout, tls=args.tls)
         elif args.command == "down":
             lab.down(purge=args.purge)
         elif args.command == "cut":

@@ -237,16 +237,22 @@ class Lab:
 
     # --- lifecycle ----------------------------------------------------------------------------
 
-    def up(self, hosts_per_region: int = 4, timeout: float = 60.0) -> list[LabHost]:
+    def up(
+        self, hosts_per_region: int = 4, timeout: float = 60.0, tls: bool | None = None
+    ) -> list[LabHost]:
         """Build what is missing, restart dead sshds (or boot dead systemd hosts), write the
-        inventory, wait for SSH."""
+        inventory, wait for SSH. ``tls``: the inventory turns TLS on, with the cluster CA
+        under ``<dir>/tls`` on this machine (False: plaintext; None: as the lab was
+        brought up before, else TLS)."""
         if hosts_per_region < 1:
             raise UsageError("--hosts-per-region must be at least 1")
         self._preflight()
         hosts = layout(hosts_per_region)
+        tls = self._state().get("tls", True) if tls is None else tls
+        tls_dir = self.dir / "tls" if tls else None
         with self._locked():
             init = self._settle_init()
-            self._prepare(hosts_per_region, hosts, init)
+            self._prepare(hosts_per_region, hosts, init, tls)
             wanted = {h.name for h in hosts}
             repairs = []
             for name in network.netns_list():
@@ -269,6 +275,7 @@ class Lab:
                 text = inventory.render(
                     hosts, self.key, hosts_per_region, self.shared_dir / "export",
                     init="systemd", host_export_dir=f"{systemd.SHARED_MOUNT}/export",
+                    tls_dir=tls_dir,
                 )  # fmt: skip
             else:
                 dead = [h for h in hosts if not _alive_in(h.name, self._sshd_pid(h))]
@@ -276,13 +283,15 @@ class Lab:
                     self._start_sshd(h)
                     repairs.append(f"{h.name} sshd")
                 self._wait_sshd(dead)
-                text = inventory.render(hosts, self.key, hosts_per_region, self.dir / "export")
+                text = inventory.render(
+                    hosts, self.key, hosts_per_region, self.dir / "export", tls_dir=tls_dir
+                )
             inventory.write(self.inventory, text)
             self._wait_ssh(hosts, timeout)
         state = f"{len(repairs)} things built or repaired" if repairs else "it was already up"
         self.log(
             f"lab: up, {len(hosts)} hosts (init {init}) answer SSH as {self.user} ({state}); "
-            f"inventory {self.inventory}"
+            f"inventory {self.inventory} ({f'TLS, CA in {tls_dir}' if tls else 'plaintext'})"
         )
         return hosts
 
@@ -554,10 +563,10 @@ class Lab:
                 ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)]
             )
 
-    def _prepare(self, hosts_per_region: int, hosts: list[LabHost], init: str) -> None:
+    def _prepare(self, hosts_per_region: int, hosts: list[LabHost], init: str, tls: bool) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._keygen(self.key, "brk-lab controller")
-        state = {"hosts_per_region": hosts_per_region, "init": init}
+        state = {"hosts_per_region": hosts_per_region, "init": init, "tls": tls}
         if init == "systemd":
             (self.shared_dir / "export").mkdir(parents=True, exist_ok=True)
             for h in hosts:
@@ -660,6 +669,7 @@ class Lab:
         shutil.rmtree(self.dir / "hosts", ignore_errors=True)
         shutil.rmtree(self.dir / "export", ignore_errors=True)
         shutil.rmtree(self.shared_dir, ignore_errors=True)
+        shutil.rmtree(self.dir / "tls", ignore_errors=True)
         for name in ("id_ed25519", "ssh_host_ed25519_key"):
             for suffix in ("", ".pub"):
                 (self.dir / f"{name}{suffix}").unlink(missing_ok=True)

@@ -12,8 +12,10 @@ import contextlib
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,24 @@ class LocalInventory:
     path: Path
     var: Path
     hosts: dict[str, dict] = field(default_factory=dict)  # host -> its vars as written
+    tls_ca: Path | None = None  # the cluster CA the role makes, when TLS is on
+
+    def url(self, host: str, path: str) -> str:
+        """``path`` on the host's management API, as the deploy made it (http or https)."""
+        scheme = "https" if self.tls_ca else "http"
+        return f"{scheme}://127.0.0.1:{self.hosts[host]['broker_management_port']}{path}"
+
+    def open(self, host: str, path: str, token: str | None = None, timeout: float = 5):
+        """urlopen of ``url(host, path)``, trusting the cluster CA when TLS is on."""
+        req = urllib.request.Request(self.url(host, path))
+        if token:
+            req.add_header("Authorization", f"Bearer {token}")
+        return urllib.request.urlopen(req, timeout=timeout, context=self.ssl_context())
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting the cluster CA (brokers want no client certificate
+        unless broker_tls_client_auth says so); None when TLS is off."""
+        return ssl.create_default_context(cafile=str(self.tls_ca)) if self.tls_ca else None
 
     def host_dir(self, host: str) -> Path:
         return self.var / host
@@ -192,6 +212,12 @@ def make_local_inventory(
                 host_vars["broker_node_id"] = node_ids[host]
             hosts[host] = host_vars
     hosts_doc["all"]["vars"].update(cluster_vars or {})
+    for key in cluster_vars or {}:  # group_vars/brokers.yml would win over all.vars
+        group_vars.pop(key, None)
+    every = {**group_vars, **hosts_doc["all"]["vars"]}
+    tls = str(every.get("broker_tls_enabled", False)).lower() in ("true", "yes", "1")
+    ca_dir = every.get("broker_tls_ca_dir", "")
+    tls_ca = (Path(ca_dir) if "{{" not in str(ca_dir) else var / "tls") / "ca.crt"
     group_vars.update(
         broker_local_root=str(var),
         broker_project_dir=str(sources),
@@ -201,4 +227,4 @@ def make_local_inventory(
     )
     (inv_dir / "hosts.yml").write_text(yaml.safe_dump(hosts_doc, sort_keys=False))
     (inv_dir / "group_vars" / "brokers.yml").write_text(yaml.safe_dump(group_vars, sort_keys=False))
-    return LocalInventory(inv_dir, var, hosts)
+    return LocalInventory(inv_dir, var, hosts, tls_ca if tls else None)

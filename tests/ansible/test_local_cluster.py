@@ -16,7 +16,6 @@ import re
 import shutil
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -52,8 +51,7 @@ def local_inventory(tmp_path, broker_sources):
 
 
 def topology(inv: LocalInventory, host: str) -> dict:
-    port = inv.hosts[host]["broker_management_port"]
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/topology", timeout=5) as resp:
+    with inv.open(host, "/v2/topology") as resp:
         return json.loads(resp.read())
 
 
@@ -212,7 +210,7 @@ def fail_over_and_back(inv: LocalInventory, tmp_path: Path) -> dict[str, float]:
     audit = tmp_path / "audit"
     times = {}
     gateways = ",".join(f"127.0.0.1:{v['broker_gateway_port']}" for v in inv.hosts.values())
-    with BrokerClient(gateways, timeout=20) as client:
+    with BrokerClient(gateways, timeout=20, ssl_context=inv.ssl_context()) as client:
         acked = {}
         for p in range(1, PARTITIONS + 1):
             acked.update(write(client, 5, f"before-p{p}", partition=p))
@@ -254,7 +252,7 @@ def fail_over_and_back(inv: LocalInventory, tmp_path: Path) -> dict[str, float]:
         run.output
     ), str(run)
     assert "verify dual-region: completed" in run.output, str(run)
-    with BrokerClient(gateways, timeout=20) as client:
+    with BrokerClient(gateways, timeout=20, ssl_context=inv.ssl_context()) as client:
         for p in range(1, PARTITIONS + 1):
             acked.update(write(client, 5, f"after-p{p}", partition=p))
         assert_all_readable(client, acked)

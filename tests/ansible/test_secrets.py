@@ -99,12 +99,9 @@ class Outputs:
         return self.run(tool("ansible-playbook"), "-i", str(inventory), f"playbooks/{name}", *args)
 
 
-def management(port: int, path: str, token: str | None) -> int:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
+def management(inv: LocalInventory, host: str, path: str, token: str | None) -> int:
     try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
+        with inv.open(host, path, token) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -149,7 +146,6 @@ def set_snapshot_period(inv: LocalInventory, value: str) -> None:
 @pytest.mark.timeout(2400)
 def test_a_vaulted_token_is_used_and_never_shown(vaulted, record_property):
     inv, token, out, audit = vaulted
-    port = {h: v["broker_management_port"] for h, v in inv.hosts.items()}
 
     # --- deploy: the vault value is decrypted into every broker's config --------------
     run = out.playbook(inv.path, "deploy.yml")
@@ -157,8 +153,8 @@ def test_a_vaulted_token_is_used_and_never_shown(vaulted, record_property):
     for host in inv.hosts:
         assert yaml.safe_load(inv.config(host).read_text())["management"]["token"] == token
     # and the management API wants it: what works below used the decrypted value
-    assert management(port["brk-r0-h0"], "/actuator/cluster", None) == 401
-    assert management(port["brk-r0-h0"], "/actuator/cluster", token) == 200
+    assert management(inv, "brk-r0-h0", "/actuator/cluster", None) == 401
+    assert management(inv, "brk-r0-h0", "/actuator/cluster", token) == 200
 
     # --- check mode with a changed setting: the config template has a diff to show ----
     set_snapshot_period(inv, "7m")
@@ -209,7 +205,7 @@ def test_a_vaulted_token_is_used_and_never_shown(vaulted, record_property):
     record_property("seconds", {" ".join(r.args[1:3]): round(r.seconds, 1) for r in out.runs})
     # last: the failback completes on the local inventory (its export sinks are shared)
     assert failback.returncode == 0, str(failback)
-    assert management(port["brk-r1-h0"], "/actuator/cluster", token) == 200
+    assert management(inv, "brk-r1-h0", "/actuator/cluster", token) == 200
 
 
 def pid_running(inv: LocalInventory, host: str) -> bool:

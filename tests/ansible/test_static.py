@@ -9,6 +9,8 @@ import subprocess
 import pytest
 import yaml
 
+from tests.tlsutil import ClusterCA
+
 from .conftest import ROOT, ansible_env, ansible_playbook, tool
 
 PLAYBOOKS = [
@@ -23,11 +25,11 @@ PLAYBOOKS = [
 EXAMPLE = ROOT / "inventories" / "example"
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+def run(cmd: list[str], env: dict | None = None, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
         cmd,
         cwd=ROOT,
-        env=ansible_env(),
+        env=env or ansible_env(),
         capture_output=True,
         text=True,
         timeout=600,
@@ -81,12 +83,31 @@ def test_example_inventory_renders_valid_configs(tmp_path):
         for host, host_vars in region["hosts"].items():
             addresses[host] = host_vars["ansible_host"]
     assert len(addresses) == 8
+    ca = ClusterCA(tmp_path / "tls", "dual-region")
     ids = {}
     for host, address in addresses.items():
         path = tmp_path / f"{host}-broker.yaml"
-        check = run([tool("broker"), "config", "check", "--config", str(path)])
-        assert check.returncode == 0, f"{path}: {check.stdout}{check.stderr}"
         cfg = yaml.safe_load(path.read_text())
+        # TLS on, with the files the role installs: config check loads them, so stand
+        # real ones of a test CA in for the host's (BROKER_* overrides, as documented)
+        assert cfg["security"]["tls"] == {
+            "enabled": True,
+            "certificate": "/etc/broker/tls/broker.crt",
+            "privateKey": "/etc/broker/tls/broker.key",
+            "ca": "/etc/broker/tls/ca.crt",
+            "clientAuth": "none",
+        }
+        pair = ca.broker(cfg["cluster"]["nodeId"], names=[address])
+        files = {
+            "BROKER_SECURITY_TLS_CERTIFICATE": pair.cert,
+            "BROKER_SECURITY_TLS_PRIVATEKEY": pair.key,
+            "BROKER_SECURITY_TLS_CA": ca.cert,
+        }
+        check = run(
+            [tool("broker"), "config", "check", "--config", str(path)],
+            env={**ansible_env(), **files},
+        )
+        assert check.returncode == 0, f"{path}: {check.stdout}{check.stderr}"
         region_id = int(host[5])
         assert cfg["cluster"]["region"] == f"region{region_id}"
         assert cfg["cluster"]["nodeId"] % 2 == region_id

@@ -64,6 +64,8 @@ def test_make_demo_loses_no_acknowledged_record_and_leaves_nothing_behind(tmp_pa
     numbers = re.findall(r"^phase (\d) done in [\d.]+s$", out, re.M)
     assert numbers == [str(n) for n in range(1, 9)], shown
     assert "PLAY RECAP" in out and "failed=0" in out, shown
+    # TLS by default: the deploy made the CA, and every check and write spoke TLS
+    assert "TLS on every channel; the deploy makes the cluster CA at" in out, shown
 
     # every acknowledged record found; final placement 2+2
     result = RESULT.search(out)

@@ -176,6 +176,14 @@ def test_inventory_shape_follows_the_host_count(per_region, partitions, rf):
     assert len(region1) == per_region
 
 
+def test_inventory_turns_tls_on_with_the_labs_ca_directory():
+    plain = yaml.safe_load(lab_inventory.render(layout(1), "/lab/id_ed25519", 1))["all"]["vars"]
+    assert not any(k.startswith("broker_tls_") for k in plain)
+    text = lab_inventory.render(layout(1), "/lab/id_ed25519", 1, tls_dir="/lab/tls")
+    tls = yaml.safe_load(text)["all"]["vars"]
+    assert (tls["broker_tls_enabled"], tls["broker_tls_ca_dir"]) == (True, "/lab/tls")
+
+
 # --- hosts ------------------------------------------------------------------------------------
 
 

@@ -16,15 +16,15 @@ stops every broker in it.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import re
 import time
 
 import pytest
 
 from broker.lab import Lab, network, unavailable_reason
-from broker.ops.load import Ack, WriteLoad, read_back
+from broker.ops.load import WriteLoad, read_back
 from tests.ansible.conftest import Run, ansible_playbook
+from tests.labutil import longest_stall
 
 REASON = unavailable_reason()
 if REASON:
@@ -50,12 +50,6 @@ def broker_pids(lab: Lab) -> dict[str, int]:
             if pid in network.netns_pids(h.name):
                 out[h.name] = pid
     return out
-
-
-def longest_stall(acks: list[Ack], start: float, end: float) -> float:
-    """The longest time between ``start`` and ``end`` without an acknowledgement."""
-    times = [start, *sorted(a.acked for a in acks if start <= a.acked <= end), end]
-    return max(b - a for a, b in itertools.pairwise(times))
 
 
 def check_recap(run: Run, lab: Lab) -> None:

@@ -168,7 +168,7 @@ def test_without_the_vault_password_fab_says_how_to_give_it():
             "--inventory", str(EXAMPLE), *args, "runbook", "verify-placement", "--dry-run", **env
         )
         assert given.returncode == 0, given.stderr
-        assert "http://10.10.1.10:9600" in given.stdout and EXAMPLE_TOKEN not in given.stdout
+        assert "https://10.10.1.10:9600" in given.stdout and EXAMPLE_TOKEN not in given.stdout
 
 
 def test_a_wrong_vault_password_is_named(tmp_path):
