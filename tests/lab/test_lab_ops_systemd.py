@@ -11,10 +11,11 @@ cut and restore the network with nft under sudo.
 
 With ``BROKER_LONG_TESTS=1`` (minutes: ``BROKER_LONG_TESTS=1 .venv/bin/pytest -q
 tests/lab/test_lab_ops_systemd.py``): the cluster is deployed with the real playbook
-(``broker_service_manager: systemd``, 4 partitions, RF 4), then ``fab stop-region`` /
-``start-region``, ``fab rolling-restart`` under a write load, and ``fab drill --region
-region1`` with no acknowledged record lost, each as ``fab --inventory <lab> <task> --yes``
-in a subprocess.
+(``broker_service_manager: systemd``, 4 partitions, RF 4, TLS on every channel as `lab up`
+writes it by default), then ``fab stop-region`` / ``start-region``, ``fab rolling-restart``
+under a write load, ``playbooks/rotate-certs.yml`` under a write load, and ``fab drill
+--region region1`` with no acknowledged record lost, each as an operator runs it
+(``fab --inventory <lab> <task> --yes`` or ``ansible-playbook``) in a subprocess.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ import os
 import re
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from broker.lab import Lab, unavailable_reason
 from broker.lab import systemd as lab_systemd
@@ -38,7 +41,7 @@ from broker.ops.steps import StepFailed
 from broker.ops.view import first_answering, replica_sets
 from tests.ansible.conftest import ansible_playbook
 from tests.helpers import wait_until
-from tests.labutil import machine_lock, skip_for_foreign_lab
+from tests.labutil import longest_stall, machine_lock, skip_for_foreign_lab
 
 REASON = unavailable_reason() or lab_systemd.unavailable_reason()
 if REASON:
@@ -237,7 +240,9 @@ def test_isolate_and_heal_region_with_nft_under_sudo(systemd_lab, cluster, tmp_p
 def test_rolling_restart_restarts_every_unit_and_keeps_writing(deployed, cluster, tmp_path):
     before = main_pids(cluster.brokers)
     gateways = ",".join(b.gateway for b in cluster.brokers)
-    load = WriteLoad(gateways, prefix="lab-systemd-rolling", rate=100)
+    load = WriteLoad(
+        gateways, prefix="lab-systemd-rolling", rate=100, ssl_context=cluster.ssl_context()
+    )
     load.start()
     try:
         run = fab(deployed.inventory, "rolling-restart", "--yes", audit=tmp_path, timeout=600)
@@ -250,8 +255,56 @@ def test_rolling_restart_restarts_every_unit_and_keeps_writing(deployed, cluster
     assert restarted == ["verify_placement", *(f"restart_broker_{n}" for n in (0, 2, 1, 3))]
     after = main_pids(cluster.brokers)
     assert all(after[n] > 0 and after[n] != before[n] for n in before), (before, after)
-    rb = read_back(gateways, load.snapshot(), cluster.partitions, load.prefix)
+    rb = read_back(
+        gateways,
+        load.snapshot(),
+        cluster.partitions,
+        load.prefix,
+        ssl_context=cluster.ssl_context(),
+    )
     assert not rb.lost and rb.found == rb.acknowledged > 0
+
+
+def serials(brokers) -> dict[int, str]:
+    """node id -> serial number of the certificate the broker's TLS directory holds."""
+    out = {}
+    for b in brokers:
+        pem = run_on(b, "cat /etc/broker/tls/broker.crt", root=True)
+        out[b.node_id] = str(x509.load_pem_x509_certificate(pem.encode()).serial_number)
+    return out
+
+
+@long_only
+def test_rotate_certs_under_load_loses_nothing(deployed, cluster, tmp_path, capsys):
+    """The TLS lab (the default of `lab up`): playbooks/rotate-certs.yml in its default
+    mode (every broker a new key and certificate of the same CA, one broker at a time,
+    each restarted) while a write load runs; nothing acknowledged is lost."""
+    assert cluster.tls is not None, "the lab's inventory turns TLS on by default"
+    before = serials(cluster.brokers)
+    gateways = ",".join(b.gateway for b in cluster.brokers)
+    ctx = cluster.ssl_context()
+    load = WriteLoad(gateways, prefix="lab-rotate", rate=100, ssl_context=ctx, max_seconds=900)
+    load.start()
+    try:
+        start = time.monotonic()
+        run = ansible_playbook(deployed.inventory, "playbooks/rotate-certs.yml")
+        end = time.monotonic()
+    finally:
+        load.stop()
+    assert run.returncode == 0, str(run)
+    after = serials(cluster.brokers)
+    assert all(after[n] != before[n] for n in before), (before, after)
+    acks = load.snapshot()
+    rb = read_back(gateways, acks, cluster.partitions, load.prefix, ssl_context=ctx)
+    assert not rb.lost and rb.found == rb.acknowledged > 0, rb.lost[:5]
+    gap = longest_stall(acks, start, end)
+    assert gap < 15.0, f"no acknowledgement for {gap:.1f}s during the rotation"
+    with capsys.disabled():
+        print(
+            f"\nrotate-certs.yml under load (TLS lab, {len(cluster.brokers)} systemd hosts): "
+            f"{end - start:.1f}s, {rb.acknowledged} acknowledged, {len(rb.lost)} lost, "
+            f"longest acknowledgement gap {gap:.2f}s, failed appends {load.failed}"
+        )
 
 
 @long_only

@@ -2,7 +2,8 @@
 logged into as `deploy` with sudo), run by `molecule verify` on every broker: the unit is
 active and enabled with Restart=on-failure, sandboxed as the template says and as
 `systemd-analyze security` rates it, its process runs as `broker`, its configuration is
-readable by the broker's group only, and its ports listen.
+readable by the broker's group only, its TLS key is the broker's alone, and its ports
+listen and speak TLS.
 
 The expected values are worked out here, not read back from what the role rendered.
 """
@@ -103,3 +104,34 @@ def test_configuration_and_data_belong_to_the_broker(host):
 def test_ports_listen(host):
     for port in PORTS:
         assert host.socket(f"tcp://0.0.0.0:{port}").is_listening, port
+
+
+def test_tls_files_are_the_brokers_and_the_key_is_private(host):
+    d = host.file("/etc/broker/tls")
+    assert d.is_directory and (d.user, d.group, d.mode) == ("broker", "broker", 0o700)
+    key = host.file("/etc/broker/tls/broker.key")
+    assert (key.user, key.mode) == ("broker", 0o600)
+    config = host.check_output("grep -A6 '^  tls:' /etc/broker/broker.yaml")
+    assert "enabled: true" in config and "/etc/broker/tls/broker.crt" in config, config
+
+
+FETCH = """
+import ssl, sys, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[2]) if sys.argv[2] else None
+try:
+    print(urllib.request.urlopen(sys.argv[1], timeout=5, context=ctx).read().decode())
+except Exception as exc:
+    print(f"refused: {exc}")
+"""
+
+
+def test_management_answers_https_only(host):
+    """Plain HTTP gets no answer; HTTPS with the installed CA gets the health document
+    (the certificate names the host's address, which the request is made to)."""
+    address = host.ansible.get_variables()["ansible_host"]
+    fetch = f"python3 -c '{FETCH}'"
+    plain = host.check_output(f"{fetch} http://{address}:9600/actuator/health ''")
+    assert plain.startswith("refused:"), plain
+    ca = "/etc/broker/tls/ca.crt"
+    tls = host.check_output(f"{fetch} https://{address}:9600/actuator/health {ca}")
+    assert '"status"' in tls, tls
