@@ -43,7 +43,7 @@ pytestmark = [pytest.mark.xdist_group("brk-lab"), pytest.mark.slow]
 
 ROLE = ROOT / "roles" / "broker"
 # testinfra tests each scenario must have run (tests x hosts, plus host-less tests)
-SCENARIOS = {"default": 5 * 4, "cluster": 2 * 4 + 1, "systemd": 6 * 4}
+SCENARIOS = {"default": 5 * 4, "cluster": 2 * 4 + 1, "systemd": 8 * 4}
 STEPS = {
     "default": ["destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy"],
     "systemd": ["destroy", "syntax", "create", "converge", "idempotence", "verify", "destroy"],
