@@ -128,26 +128,38 @@ class SwimMembership:
         """Whether ``node_id`` answers a direct probe now: an ack to our own ping,
         from that broker itself, within the last probe period or to a ping sent
         now (waits up to ``timeout``). Gossip about it counts for nothing."""
-        if node_id == self.me.node_id:
-            return True
+        return node_id in self.reachable_among([node_id], timeout)
+
+    def reachable_among(self, node_ids, timeout: float = PROBE_TIMEOUT) -> set[int]:
+        """Those of ``node_ids`` that answer a direct probe (as :meth:`reachable`), all
+        probed at once: lost brokers cost one ``timeout`` together, not one each."""
+        wanted = set(node_ids)
+        found = wanted & {self.me.node_id}
         with self._lock:
             now = self.clock()
-            last = self._core.last_direct_ack(node_id)
-            if last is not None and now - last <= self.config.probe_interval:
-                return True
+            for n in wanted - found:
+                last = self._core.last_direct_ack(n)
+                if last is not None and now - last <= self.config.probe_interval:
+                    found.add(n)
+            pending = wanted - found
+            if not pending:
+                return found
             self._core.tick(now)
-            self._core.probe_direct(node_id, timeout)
+            for n in sorted(pending):
+                self._core.probe_direct(n, timeout)
             out = self._collect()
         self._send(out)
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
-                last = self._core.last_direct_ack(node_id)
-                if last is not None and last >= now:
-                    return True
+                for n in list(pending):
+                    last = self._core.last_direct_ack(n)
+                    if last is not None and last >= now:
+                        found.add(n)
+                        pending.discard(n)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
+                if not pending or remaining <= 0:
+                    return found
                 self._acked.wait(remaining)
 
     def trusted(self) -> set[int] | None:

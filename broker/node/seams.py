@@ -16,7 +16,7 @@ docs/architecture.md ("Seams") lists which module uses which.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from typing import Any, Protocol
 
@@ -55,6 +55,7 @@ class MembershipView(Protocol):
     def alive(self, node_id: int) -> bool: ...  # by gossip: for display and routing
 
     def reachable(self, node_id: int, timeout: float = 1.0) -> bool: ...  # a direct probe
+    def reachable_among(self, node_ids: Iterable[int], timeout: float = 1.0) -> set[int]: ...
 
     def trusted(self) -> set[int] | None: ...  # who may claim partition roles
 

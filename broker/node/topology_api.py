@@ -209,14 +209,16 @@ def _force_remove(source, req: Request, retained: list[int]) -> Response:
         raise HttpError(400, str(exc)) from None
     removed = [op.broker_id for op in ops if op.operation == t.BROKER_FORCE_REMOVE]
     # Direct probes, not gossip: one forged record must not decide a forced change.
-    unreachable = [b for b in retained if not source.peers.reachable(b)]
+    # All at once: the lost region's brokers each take the whole probe timeout.
+    answered = source.peers.reachable_among([*retained, *removed])
+    unreachable = [b for b in retained if b not in answered]
     if unreachable:
         raise HttpError(
             400,
             f"retained brokers {unreachable} are not reachable; a forced change needs every "
             "retained broker (fix or exclude them first)",
         )
-    reachable = [b for b in removed if source.peers.reachable(b)]
+    reachable = [b for b in removed if b in answered]
     if reachable and not req.query_bool(OVERRIDE):
         raise HttpError(
             400,
