@@ -339,6 +339,7 @@ class Transport:
         max_connections: int = 1024,
         idle_timeout: float | None = None,
         frame_timeout: float = FRAME_TIMEOUT,
+        on_peer_lost: Callable[[int], None] | None = None,
     ):
         """``ssl_context`` serves inbound connections and, unless
         ``client_ssl_context`` is given, also dials peers. ``io_timeout``
@@ -351,7 +352,9 @@ class Transport:
         bounds the whole handshake (TLS and HELLO); ``max_connections`` caps
         the inbound connections open at once; ``idle_timeout`` closes a client
         connection that sent no frame for that long; ``frame_timeout`` bounds
-        how long one frame may take to arrive."""
+        how long one frame may take to arrive. ``on_peer_lost(node_id)``: a
+        connection to or from that peer ended, or dialing it failed (what was
+        sent to it may never be answered)."""
         if authenticate_peers and (ssl_context is None or client_ssl_context is None):
             raise ValueError("authenticate_peers needs server and client TLS contexts")
         self.node_id = node_id
@@ -361,6 +364,7 @@ class Transport:
         self.on_raft = on_raft
         self.on_request = on_request
         self.on_gossip = on_gossip
+        self.on_peer_lost = on_peer_lost
         self.max_frame_size = max_frame_size
         self.server_ssl = ssl_context
         self.client_ssl = client_ssl_context or ssl_context
@@ -617,10 +621,20 @@ class Transport:
         finally:
             if conn is not None:
                 conn.close()
+                if conn.role == ROLE_PEER:
+                    self._peer_lost(conn.node_id)
             with self._lock:
                 self._inbound.pop(number, None)
                 self._handshaking.pop(number, None)
             sock.close()
+
+    def _peer_lost(self, node_id: int) -> None:
+        if self.on_peer_lost is None or self._stopping.is_set():
+            return
+        try:
+            self.on_peer_lost(node_id)
+        except Exception:
+            log.exception("node %d: on_peer_lost(%d) failed", self.node_id, node_id)
 
     def _refuse_tls(self, peer: str, error: ssl.SSLError) -> None:
         self._count(connection_errors=1)
@@ -788,6 +802,7 @@ class _Peer:
             sock = self._connect()
             if sock is None:
                 self._drop_queued()
+                self.t._peer_lost(self.node_id)
                 with self.cond:
                     # Jitter keeps a restarted node from being hit by every peer at once.
                     self.cond.wait_for(lambda: self.retired, delay * random.uniform(0.5, 1.0))
@@ -800,6 +815,7 @@ class _Peer:
                 if not self.retired:
                     self.t._count(connection_errors=1)
                     log.info("node %d lost connection to %r: %s", self.t.node_id, self, e)
+                    self.t._peer_lost(self.node_id)
             finally:
                 with self.cond:
                     self.sock = None

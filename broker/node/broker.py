@@ -139,6 +139,7 @@ class Broker:
             client_ssl_context=tls and tls.internal_client,
             authenticate_peers=tls is not None,
             max_connections=INTERNAL_MAX_CONNECTIONS,
+            on_peer_lost=lambda node_id: self.link.lost(node_id),
         )
         self.link = InternalLink(self.node_id, self.internal.send_gossip)
         self.gateway = Gateway(

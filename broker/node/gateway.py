@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from broker import partition as sm
-from broker.node.seams import Link, Partitions
+from broker.node.seams import AnswerLost, Link, Partitions
 from broker.raft.core import ProposalRejected
 from broker.raft.messages import MAX_NODE_ID, MAX_PRIORITY, MAX_VOTERS, Configuration
 from broker.wire import MAX_FRAME_SIZE, command_too_large, max_command_size
@@ -495,6 +495,9 @@ class Gateway:
         def done(f) -> None:
             try:
                 result = f.result()
+            except AnswerLost as exc:  # it may have been proposed: not retried here
+                reply(_error("DEADLINE_EXCEEDED", f"{exc}; it may still commit"))
+                return
             except Exception as exc:
                 retry(f"forwarding to node {leader} failed: {exc}")
                 return

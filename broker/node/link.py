@@ -6,7 +6,9 @@ Only peers reach the internal port (a client's handshake there is refused), so t
 control commands are never accepted from clients: the gateway takes them only from
 this link. A request and its answer travel as GOSSIP frames on the peer connections
 (``{"rpc": "req" | "resp", "id": n, "body": {...}}``), one-way each: a lost frame
-ends in a timeout, as a dead peer does.
+ends in a timeout. When the connection to or from a peer ends, its requests still
+waiting fail at once with :class:`AnswerLost` (the peer may have acted on them): a
+killed leader costs its forwarded writes an error at once, not their whole deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+
+from broker.node.seams import AnswerLost
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +46,7 @@ class InternalLink:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._pending: dict[int, Future] = {}
+        self._targets: dict[int, int] = {}  # request id -> the node it went to
         self._deadlines: list[tuple[float, int]] = []
 
     def request(self, node_id: int, body: dict, timeout: float) -> Future:
@@ -54,6 +59,7 @@ class InternalLink:
                 return fut
             rid = next(self._ids)
             self._pending[rid] = fut
+            self._targets[rid] = node_id
             heapq.heappush(self._deadlines, (self._clock() + timeout, rid))
         if not self._send(node_id, {"rpc": "req", "id": rid, "body": body}):
             self._resolve(rid, exc=ConnectionError(f"no connection to node {node_id}"))
@@ -73,6 +79,15 @@ class InternalLink:
             self.serve(_Reply(self, src), rid, body)
         return True
 
+    def lost(self, node_id: int) -> None:
+        """The connection to or from ``node_id`` ended: its requests fail now."""
+        with self._lock:
+            rids = [rid for rid, target in self._targets.items() if target == node_id]
+        for rid in rids:
+            self._resolve(
+                rid, exc=AnswerLost(f"lost the connection to node {node_id} before its answer")
+            )
+
     def expire(self) -> None:
         """Fail the requests past their deadline (also done on every new request)."""
         with self._lock:
@@ -83,12 +98,14 @@ class InternalLink:
         while self._deadlines and self._deadlines[0][0] <= now:
             _, rid = heapq.heappop(self._deadlines)
             fut = self._pending.pop(rid, None)
+            self._targets.pop(rid, None)
             if fut is not None and not fut.done():
                 fut.set_exception(TimeoutError("no answer from the other broker in time"))
 
     def _resolve(self, rid: int, result: dict | None = None, exc: Exception | None = None):
         with self._lock:
             fut = self._pending.pop(rid, None)
+            self._targets.pop(rid, None)
         if fut is None or fut.done():
             return  # late (expired) or duplicated
         if exc is not None:

@@ -21,6 +21,11 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 
+class AnswerLost(Exception):
+    """A request handed to another broker whose connection then ended: whether that
+    broker acted on it is unknown (a Link's futures fail with it)."""
+
+
 class PartitionHandle(Protocol):
     status: dict[str, Any]  # a copy, refreshed by the partition thread every turn
 
@@ -42,6 +47,7 @@ Partitions = Mapping[int, PartitionHandle]
 
 
 class Link(Protocol):
+    # fails with TimeoutError past timeout, AnswerLost when the connection ends first
     def request(self, node_id: int, body: dict, timeout: float) -> Future: ...
 
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from broker.client import BrokerClient, OutOfRange, Unavailable
+from broker.client import BrokerClient, BrokerError, OutOfRange, Unavailable
 from broker.demo.localcluster import LocalCluster, wait_for
 from broker.transport import FramedClient
 
@@ -94,6 +94,32 @@ def test_election_and_reelection_after_kill_9_loses_no_acknowledged_write(cluste
         assert_all_readable(client, acked)
     positions = sorted(pos for _, pos in acked.values())
     assert positions == list(range(1, 401))  # no gaps, no duplicates
+
+
+def test_a_write_forwarded_to_a_killed_leader_is_answered_at_once(cluster):
+    """kill -9 of the leader while the client talks to the followers only: each write a
+    follower's gateway forwards to the dead leader fails at once ("may still commit",
+    the connection ended) instead of waiting out its 30 s deadline, so the client writes
+    again as soon as a new leader is elected (before: the whole client timeout)."""
+    c = cluster(size=3, partitions=1, replication_factor=3)
+    c.start()
+    leader = c.wait_leaders()[1]
+    others = [i for i in range(3) if i != leader]
+    with BrokerClient(c.gateways(others), timeout=30) as client:
+        client.append("before", 1)
+        c.kill(leader)
+        errors = []
+        while True:
+            try:
+                acked = client.append("after", 1)
+                break
+            except BrokerError as exc:
+                errors.append(exc)
+                assert len(errors) < 500, errors[-3:]
+        assert acked.position == 2
+        # none waited out its deadline: each was answered when the connection ended
+        assert not [e for e in errors if "not committed in time" in str(e)], errors
+        assert [r for _, r in client.read(1, 1, 10).records] == [b"before", b"after"]
 
 
 def test_restart_of_all_brokers_keeps_the_data(cluster):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from broker.node.link import InternalLink
+from broker.node.seams import AnswerLost
 
 
 class Clock:
@@ -61,6 +62,22 @@ def test_no_route_fails_at_once_and_a_lost_answer_times_out():
         fut.result(0)
     # a late answer to an expired request is ignored
     links[1].on_message(2, {"rpc": "resp", "id": 2, "body": {"ok": True}})
+
+
+def test_a_lost_connection_fails_that_nodes_requests_at_once_and_only_those():
+    links, _, _ = pair()
+    links[3] = InternalLink(3, lambda dst, payload: True)  # a third broker, never answering
+    links[2].serve = lambda conn, req_id, body: None
+    to_2 = [links[1].request(2, {"x": i}, timeout=30) for i in range(3)]
+    to_3 = links[1].request(3, {"x": 9}, timeout=30)
+    links[1].lost(2)
+    for fut in to_2:
+        with pytest.raises(AnswerLost, match="lost the connection to node 2 before its answer"):
+            fut.result(0)
+    assert not to_3.done()
+    links[1].lost(2)  # again (a dial that keeps failing): nothing left to fail
+    links[1].on_message(2, {"rpc": "resp", "id": 1, "body": {"ok": True}})  # late: ignored
+    assert not to_3.done()
 
 
 @pytest.mark.parametrize(
