@@ -60,7 +60,7 @@ sim: setup
 	$(PY) -m tests.sim.run --seeds $(SEEDS) --jobs 2
 
 # Hypothesis against the frame decoder, the Raft message decoder and gateway requests:
-# make test runs 200 examples of each, this 20,000 (about 30 minutes).
+# make test runs 200 examples of each, this 20,000 (about 18 minutes).
 fuzz: setup
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/fuzz
 
