@@ -203,7 +203,25 @@ class LocalCluster:
                 )
         if wait:
             for i in nodes:
-                wait_for(lambda i=i: self.health(i, "startup") == "UP", 30, f"broker {i} startup")
+                self._wait_started(i)
+
+    def _wait_started(self, i: int, timeout: float = 60) -> None:
+        """Until broker ``i`` reports startup UP; a broker that exits, or does not get
+        there in time, fails with its exit code or state and the end of its log."""
+
+        def up() -> bool:
+            proc = self.procs.get(i)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(
+                    f"broker {i} exited with code {proc.returncode} before startup; its log "
+                    f"ends:\n{self.log_tail(i, 40)}"
+                )
+            return self.health(i, "startup") == "UP"
+
+        try:
+            wait_for(up, timeout, f"broker {i} startup")
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}; its log ends:\n{self.log_tail(i, 40)}") from None
 
     def kill(self, i: int) -> None:
         """kill -9: no goodbye, no flush."""
