@@ -342,6 +342,12 @@ def peer_identity(port: int, ca: Path, cert: Path, key: Path) -> str | None:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
+@pytest.mark.skipif(
+    os.environ.get("BROKER_LONG_TESTS") != "1",
+    reason="4 minutes: make test-long (BROKER_LONG_TESTS=1); make test deploys TLS through "
+    "tests/ansible/test_local_cluster.py and rotates a CA bundle in "
+    "test_role_renews_and_distributes_a_ca_bundle",
+)
 def test_tls_cluster_deploys_and_rotates_its_ca(tmp_path, broker_sources):
     ca_dir = tmp_path / "tls"
     inv = make_local_inventory(
