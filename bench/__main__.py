@@ -1,4 +1,5 @@
-"""Run the benchmarks and print one table per section: ``python -m bench [section ...]``.
+"""Run the benchmarks and print one table per section: ``python -m bench [section ...]``;
+``--json`` prints one JSON document with every figure instead.
 
 A section is a module in ``SECTIONS`` exposing ``TITLE``, ``COLUMNS`` (key,
 header, format) triples (a None value prints as "-"), ``run() -> list[dict]``
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
+import os
+import subprocess
 import sys
 
 from rich.console import Console
@@ -37,18 +41,47 @@ def main(argv: list[str] | None = None) -> None:
         metavar="section",
         help=f"{', '.join(SECTIONS)} (the default), or {', '.join(ON_REQUEST)} (by name only)",
     )
-    names = parser.parse_args(argv).sections or SECTIONS
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document with every figure of every section run (and the "
+        "machine's load average and the commit), instead of tables, to compare commits",
+    )
+    args = parser.parse_args(argv)
+    names = args.sections or SECTIONS
     unknown = sorted(set(names) - set(known))
     if unknown:
         parser.error(f"unknown section(s): {', '.join(unknown)}; known: {', '.join(known)}")
-    console = Console(width=None if sys.stdout.isatty() else 160)  # logs keep whole tables
+    # progress on stderr when the document goes to stdout
+    console = Console(
+        width=None if sys.stdout.isatty() else 160,  # logs keep whole tables
+        stderr=args.json,
+    )
+    doc = {"commit": _commit(), "cpus": os.cpu_count(), "sections": {}}
+    doc["load_average_before"] = os.getloadavg()
     for name in names:
         section = importlib.import_module(f"bench.{name}")
         with console.status(f"running {name} ..."):
             rows = section.run()
+        doc["sections"][name] = {"title": section.TITLE, "rows": rows}
+        if args.json:
+            continue
         console.print(render(section.TITLE, section.COLUMNS, rows))
         for line in section.summary(rows):
             console.print(line, soft_wrap=True)
+    doc["load_average_after"] = os.getloadavg()
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+
+
+def _commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
 
 
 if __name__ == "__main__":
