@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 from broker.partition import APPEND, CAS, PUT, key_partition
 from broker.partition import encode as encode_command
 from broker.tls import describe_failure
-from broker.transport import RECV_SIZE, connect_client
+from broker.transport import RECV_SIZE, TlsStream, connect_client
 from broker.wire import (
     HEADER_SIZE,
     MAX_FRAME_SIZE,
@@ -259,6 +259,9 @@ class _Connection:
         # the same timeout as idleness.
         sock.settimeout(io_timeout)
         self._sock = sock
+        self._io_timeout = io_timeout
+        # TLS: the reader and the senders must not be in OpenSSL at once
+        self._tls = TlsStream(sock) if isinstance(sock, ssl.SSLSocket) else None
         self._lock = threading.Lock()  # pending, ids, closed
         self._send_lock = threading.Lock()  # one frame at a time on the socket
         self._pending: dict[int, tuple[Future, Callable[[dict], Any]]] = {}
@@ -291,7 +294,10 @@ class _Connection:
             return req_id
         try:
             with self._send_lock:
-                self._sock.sendall(frame)
+                if self._tls is not None:
+                    self._tls.sendall(frame, self._io_timeout, closed=lambda: self.closed)
+                else:
+                    self._sock.sendall(frame)
         except OSError as e:
             # A partial write leaves the stream unusable.
             self.close(Unavailable(f"connection to {_fmt(self.address)} lost: {e}"))
@@ -310,7 +316,10 @@ class _Connection:
                         raise ProtocolError(f"expected RESPONSE, got {frame.TYPE.name}")
                     self._resolve(frame.req_id, frame.body)
                 try:
-                    data = self._sock.recv(RECV_SIZE)
+                    if self._tls is not None:
+                        data = self._tls.recv(RECV_SIZE, self._io_timeout)
+                    else:
+                        data = self._sock.recv(RECV_SIZE)
                 except TimeoutError:
                     data = b""
                     continue

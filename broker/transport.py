@@ -140,6 +140,59 @@ def recv_frame(sock: socket.socket, decoder: FrameDecoder):
             raise ConnectionError("connection closed by peer")
 
 
+class TlsStream:
+    """A TLS connection that one thread reads while others write.
+
+    OpenSSL allows one call at a time on a connection, and a blocking SSL_read would
+    hold it while it waits (concurrent reads and writes corrupt the connection: seen
+    as spurious "connection closed" on clients). So every SSL call is made under one
+    lock, non-blocking, and the waiting (poll) happens outside the lock."""
+
+    POLL_SLICE = 0.5  # bytes another thread's SSL call took in are invisible to poll
+
+    def __init__(self, sock: ssl.SSLSocket):
+        self.sock = sock
+        self.lock = threading.Lock()
+
+    def recv(self, size: int, timeout: float | None) -> bytes:
+        """Up to ``size`` bytes (b"" at the end); TimeoutError after ``timeout``."""
+        return self._call(lambda: self.sock.recv(size), timeout, lambda: False, "idle")
+
+    def sendall(self, data: bytes, timeout: float | None, closed=lambda: False) -> None:
+        """All of ``data``; TimeoutError when no room came within ``timeout``,
+        ConnectionError when ``closed()`` turns true meanwhile."""
+        view, offset = memoryview(data), 0
+        while offset < len(view):
+            # After a WANT_WRITE, OpenSSL needs the same bytes again.
+            chunk = view[offset : offset + TLS_WRITE_CHUNK]
+            offset += self._call(lambda c=chunk: self.sock.send(c), timeout, closed, "write")
+
+    def _call(self, call, timeout: float | None, closed, what: str):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poller = select.poll()  # unlike select(), works for any fd number
+        while True:
+            if closed():
+                raise ConnectionError("connection closed")
+            with self.lock:
+                before = self.sock.gettimeout()
+                self.sock.settimeout(0.0)
+                try:
+                    return call()
+                except (ssl.SSLWantReadError, BlockingIOError):
+                    events = select.POLLIN
+                except ssl.SSLWantWriteError:
+                    events = select.POLLOUT
+                finally:
+                    with contextlib.suppress(OSError):
+                        self.sock.settimeout(before)
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                raise TimeoutError(f"{what} timed out")
+            poller.register(self.sock, events)
+            slice_ = self.POLL_SLICE if wait is None else min(wait, self.POLL_SLICE)
+            poller.poll(max(1, int(slice_ * 1000)))
+
+
 class Connection:
     """An accepted connection that completed its handshake.
 
@@ -155,11 +208,7 @@ class Connection:
         self.node_id = hello.node_id
         self.role = hello.role
         self._sock = sock
-        self._io_lock = threading.Lock()  # TLS: one thread at a time in OpenSSL
-        self._tls = isinstance(sock, ssl.SSLSocket)
-        if self._tls:
-            self._poller = select.poll()  # unlike select(), works for any fd number
-            self._poller.register(sock, select.POLLIN)
+        self._tls = TlsStream(sock) if isinstance(sock, ssl.SSLSocket) else None
         self.closed = False
         # The outbound queue; _cond guards it, `closed` and the writer's start.
         self._cond = threading.Condition(threading.Lock())
@@ -227,8 +276,8 @@ class Connection:
                     size += len(data)
             data = batch[0] if len(batch) == 1 else b"".join(batch)
             try:
-                if self._tls:
-                    self._write_tls(data)
+                if self._tls is not None:
+                    self._tls.sendall(data, self._timeout, closed=lambda: self.closed)
                 else:
                     self._sock.sendall(data)  # the socket's timeout bounds a stuck write
             except (OSError, ValueError) as e:
@@ -240,49 +289,12 @@ class Connection:
             with self._cond:
                 self._out_bytes -= size
 
-    def _write_tls(self, data: bytes) -> None:
-        """Write ``data`` in records, holding ``_io_lock`` only for non-blocking
-        writes, so that a peer that does not read never blocks the reader."""
-        sock, view, offset = self._sock, memoryview(data), 0
-        poller = select.poll()
-        poller.register(sock, select.POLLOUT)
-        timeout = self._timeout
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while offset < len(view):
-            if self.closed:
-                raise ConnectionError("connection closed")
-            # After a WANT_WRITE, OpenSSL needs the same bytes again.
-            chunk = view[offset : offset + TLS_WRITE_CHUNK]
-            with self._io_lock:
-                sock.settimeout(0.0)
-                try:
-                    offset += sock.send(chunk)
-                    continue
-                except (ssl.SSLWantWriteError, ssl.SSLWantReadError, BlockingIOError):
-                    pass
-                finally:
-                    with contextlib.suppress(OSError):
-                        sock.settimeout(timeout)
-            # Wait for room outside the lock; close() shuts the socket down,
-            # which wakes this poll.
-            wait = None if deadline is None else deadline - time.monotonic()
-            if wait is not None and wait <= 0:
-                raise TimeoutError("write timed out")
-            poller.poll(None if wait is None else max(1, int(wait * 1000)))
-
     def recv(self) -> bytes:
         """Called by the connection's reader thread only."""
-        if not self._tls:
+        if self._tls is None:
             return self._sock.recv(RECV_SIZE)
-        # An OpenSSL connection must not be used by two threads at once, so
-        # wait for data outside the lock and read under the writer's lock.
-        # (The writer makes the socket non-blocking for a moment under the
-        # lock; hence the timeout it recorded, when it has started.)
         timeout = self._timeout if self._timeout is not None else self._sock.gettimeout()
-        if not self._sock.pending() and not self._poller.poll(timeout * 1000):
-            raise TimeoutError("idle")
-        with self._io_lock:
-            return self._sock.recv(RECV_SIZE)
+        return self._tls.recv(RECV_SIZE, timeout)
 
     def close(self) -> None:
         """Thread-safe and idempotent; stops the writer (queued frames are
