@@ -156,19 +156,18 @@ class TlsStream:
 
     def recv(self, size: int, timeout: float | None) -> bytes:
         """Up to ``size`` bytes (b"" at the end); TimeoutError after ``timeout``."""
-        return self._call(lambda: self.sock.recv(size), timeout, lambda: False, "idle")
+        return self._call(lambda: self.sock.recv(size), _deadline(timeout), lambda: False, "idle")
 
     def sendall(self, data: bytes, timeout: float | None, closed=lambda: False) -> None:
         """All of ``data``; TimeoutError when no room came within ``timeout``,
         ConnectionError when ``closed()`` turns true meanwhile."""
-        view, offset = memoryview(data), 0
+        view, offset, deadline = memoryview(data), 0, _deadline(timeout)
         while offset < len(view):
             # After a WANT_WRITE, OpenSSL needs the same bytes again.
             chunk = view[offset : offset + TLS_WRITE_CHUNK]
-            offset += self._call(lambda c=chunk: self.sock.send(c), timeout, closed, "write")
+            offset += self._call(lambda c=chunk: self.sock.send(c), deadline, closed, "write")
 
-    def _call(self, call, timeout: float | None, closed, what: str):
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _call(self, call, deadline: float | None, closed, what: str):
         poller = select.poll()  # unlike select(), works for any fd number
         while True:
             if closed():
@@ -191,6 +190,10 @@ class TlsStream:
             poller.register(self.sock, events)
             slice_ = self.POLL_SLICE if wait is None else min(wait, self.POLL_SLICE)
             poller.poll(max(1, int(slice_ * 1000)))
+
+
+def _deadline(timeout: float | None) -> float | None:
+    return None if timeout is None else time.monotonic() + timeout
 
 
 class Connection:

@@ -130,7 +130,7 @@ class SwimMembership:
         now (waits up to ``timeout``). Gossip about it counts for nothing."""
         return node_id in self.reachable_among([node_id], timeout)
 
-    def reachable_among(self, node_ids, timeout: float = PROBE_TIMEOUT) -> set[int]:
+    def reachable_among(self, node_ids: Iterable[int], timeout: float = PROBE_TIMEOUT) -> set[int]:
         """Those of ``node_ids`` that answer a direct probe (as :meth:`reachable`), all
         probed at once: lost brokers cost one ``timeout`` together, not one each."""
         wanted = set(node_ids)
