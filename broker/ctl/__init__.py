@@ -120,7 +120,9 @@ def register(subparsers) -> None:
         data.cmd_bench,
         "pipelined write load: records/s, MB/s and latency percentiles",
         "Append --records records of --size bytes, keeping up to --inflight in flight on one "
-        "connection, and stop submitting after --duration seconds. Exit 1 if any record failed.",
+        "connection per leader gateway (one thread, so the load generator stays cheap), and stop "
+        "submitting after --duration seconds. Latency is timed per request from when it was due. "
+        "Exit 1 if any record failed.",
     )
     p.add_argument("--records", type=count, default=10_000, help="default: 10000")
     p.add_argument("--size", type=count, default=100, help="record size in bytes (default: 100)")

@@ -11,13 +11,13 @@ import argparse
 import json
 import os
 import sys
-import threading
-import time
 
 from broker.client import BrokerClient, BrokerError, FailedPrecondition
+from broker.ctl import load
 from broker.ctl.manage import print_management_summary
 from broker.ctl.options import tls_context
 from broker.ops.view import leaders
+from broker.wire import ProtocolError
 
 
 def _client(args: argparse.Namespace) -> BrokerClient:
@@ -162,61 +162,41 @@ def print_status(topology: dict) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     payload = os.urandom(args.size // 2 + 1).hex()[: args.size].encode()
-    inflight = threading.BoundedSemaphore(args.inflight)
-    latencies: list[float] = []
-    errors: dict[str, int] = {}
-    lock = threading.Lock()
-
-    def done(fut, started: float) -> None:
-        with lock:
-            if fut.exception() is None:
-                latencies.append(time.perf_counter() - started)
-            else:
-                code = getattr(fut.exception(), "code", "UNKNOWN")
-                errors[code] = errors.get(code, 0) + 1
-        inflight.release()
-
-    client = _client(args)
     try:
-        try:
-            client.topology()  # connects first, and fails fast when there is no cluster
-        except BrokerError as e:
-            return _fail(e)
-        stop_at = time.perf_counter() + args.duration
-        start = time.perf_counter()
-        sent = 0
-        while sent < args.records and time.perf_counter() < stop_at:
-            if args.rate:  # open loop: pace the sends, whatever the latency
-                delay = start + sent / args.rate - time.perf_counter()
-                if delay > 0:
-                    time.sleep(delay)
-            if not inflight.acquire(timeout=max(0.0, stop_at - time.perf_counter())):
-                break
-            t0 = time.perf_counter()
-            fut = client.append_async(payload, args.partition)
-            fut.add_done_callback(lambda f, t0=t0: done(f, t0))
-            sent += 1
-        for _ in range(args.inflight):  # all answered or failed by their deadline
-            inflight.acquire()
-        elapsed = time.perf_counter() - start
-    finally:
-        client.close()
-    report = _bench_report(sent, latencies, errors, elapsed, args.size)
+        with _client(args) as client:
+            topology = client.topology()  # fails fast when there is no cluster
+    except BrokerError as e:
+        return _fail(e)
+    spec = load.Load(
+        records=args.records,
+        payload=payload,
+        inflight=args.inflight,
+        duration=args.duration,
+        timeout=args.timeout,
+        partition=args.partition,
+        rate=args.rate,
+    )
+    try:
+        outcome = load.run(args.address, args.cluster_name, topology, spec, tls_context(args))
+    except (OSError, ProtocolError) as e:
+        return _fail(BrokerError(f"cannot reach a gateway: {e}"))
+    report = _bench_report(outcome, args.size)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"{report['committed']}/{report['sent']} records in {elapsed:.2f}s: "
+            f"{report['committed']}/{report['sent']} records in {outcome.elapsed:.2f}s: "
             f"{report['records_per_s']:.0f} records/s, {report['mb_per_s']:.2f} MB/s, "
-            f"latency p50 {report['p50_ms']:.2f} ms, p99 {report['p99_ms']:.2f} ms"
+            f"latency p50 {report['p50_ms']:.2f} ms, p99 {report['p99_ms']:.2f} ms "
+            f"(load generator: {report['client_cpu_share']:.0%} of a core)"
         )
-    for code, n in sorted(errors.items()):
+    for code, n in sorted(outcome.errors.items()):
         print(f"brokerctl: {code}: {n} records failed", file=sys.stderr)
-    return 0 if not errors and sent == args.records else 1
+    return 0 if not outcome.errors and outcome.sent == args.records else 1
 
 
-def _bench_report(sent, latencies, errors, elapsed, size) -> dict:
-    latencies = sorted(latencies)
+def _bench_report(outcome: load.Outcome, size: int) -> dict:
+    latencies, elapsed = sorted(outcome.latencies), outcome.elapsed
 
     def percentile(q: float) -> float:
         if not latencies:
@@ -225,12 +205,13 @@ def _bench_report(sent, latencies, errors, elapsed, size) -> dict:
 
     committed = len(latencies)
     return {
-        "sent": sent,
+        "sent": outcome.sent,
         "committed": committed,
-        "errors": errors,
+        "errors": outcome.errors,
         "seconds": elapsed,
         "records_per_s": committed / elapsed if elapsed else 0.0,
         "mb_per_s": committed * size / elapsed / 1e6 if elapsed else 0.0,
         "p50_ms": percentile(0.50),
         "p99_ms": percentile(0.99),
+        "client_cpu_share": outcome.cpu_s / elapsed if elapsed else 0.0,
     }

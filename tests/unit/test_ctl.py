@@ -723,3 +723,18 @@ def test_ops_does_not_import_brokerctl():
         if name == "broker.ops" or name.startswith("broker.ops."):
             wrong = sorted(m for m in imports(name, path) if m.split(".")[:2] == ["broker", "ctl"])
             assert not wrong, f"{name} imports {wrong}"
+
+
+def test_bench_routes_each_partition_to_its_leader_and_the_rest_to_the_first_address():
+    from broker.ctl import load
+
+    doc = topology_document(7000)
+    for b in doc["brokers"]:
+        b["port"] = 7000 + b["nodeId"]
+    spec = load.Load(records=1, payload=b"x", inflight=1, duration=1, timeout=1)
+    fallback = (HOST, 9999)
+    # partitions 1 and 2 are led by brokers 0 and 1; partition 3 has no leader
+    assert load.routes(doc, spec, fallback) == {1: (HOST, 7000), 2: (HOST, 7001), 3: fallback}
+    spec.partition = 2
+    assert load.routes(doc, spec, fallback) == {2: (HOST, 7001)}
+    assert load.routes({"brokers": []}, load.Load(1, b"x", 1, 1, 1), fallback) == {0: fallback}
