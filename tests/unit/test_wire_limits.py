@@ -343,3 +343,15 @@ def test_the_largest_command_fits_in_a_replication_frame(limit):
 def test_the_refusal_names_the_limit():
     message = wire.command_too_large(5_000_000)
     assert str(wire.max_command_size()) in message and "exceeds" in message
+
+
+def test_a_small_request_with_too_many_containers_is_refused_after_decoding():
+    # Bodies up to SMALL_REQUEST bytes are decoded without the counting hooks and
+    # counted afterwards: the limit and the message are the same.
+    body = {"op": "put", "a": [[] for _ in range(wire.REQUEST_MAX_ITEMS - 1)]}
+    frame = encode_frame(Request(1, body))
+    assert len(frame) < wire.SMALL_REQUEST
+    with pytest.raises(MalformedFrame, match="more than the allowed maps and arrays"):
+        decode(frame)
+    fits = {"op": "put", "a": [[] for _ in range(wire.REQUEST_MAX_CONTAINERS - 3)]}
+    assert decode(encode_frame(Request(1, fits))) == [Request(1, fits)]
