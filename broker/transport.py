@@ -25,6 +25,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
+from broker import batching
+from broker.batching import SENDS
 from broker.tls import certified_node, describe_failure
 from broker.wire import (
     ACCEPTOR_HANDSHAKE,
@@ -234,18 +236,27 @@ class Connection:
     def send_frame(self, frame) -> bool:
         """Queue ``frame``; thread-safe and never blocks on the socket.
 
-        True once queued (not yet written); False if the connection is closed,
-        or is closed now because its peer left more than ``MAX_OUTBOUND_BYTES``
-        unread."""
+        True once queued (not yet written; inside a ``SENDS.turn()``, gathered
+        and queued when the turn ends); False if the connection is closed, or is
+        closed now because its peer left more than ``MAX_OUTBOUND_BYTES`` unread."""
         if self.closed:
             return False
         data = encode_frame(frame)
+        if SENDS.add(self, data):
+            return True
+        return self._queue([data], len(data))
+
+    def take(self, items: list[bytes]) -> None:
+        """The frames one ``SENDS`` turn gathered for this connection."""
+        self._queue(items, sum(map(len, items)))
+
+    def _queue(self, frames: list[bytes], size: int) -> bool:
         with self._cond:
             if self.closed:
                 return False
-            unread = self._out_bytes + len(data)
+            unread = self._out_bytes + size
             if unread <= MAX_OUTBOUND_BYTES:
-                self._out.append(data)
+                self._out.extend(frames)
                 self._out_bytes = unread
                 if self._writer is None:
                     self._start_writer()
@@ -722,9 +733,10 @@ class Transport:
         idle_limit = self.idle_timeout if conn.role == ROLE_CLIENT else None
         while True:
             now = time.monotonic()
-            for frame in decoder.feed(data):
-                last_frame = now
-                self._dispatch(conn, frame)
+            with batching.turn():  # a buffer of requests reaches each partition at once
+                for frame in decoder.feed(data):
+                    last_frame = now
+                    self._dispatch(conn, frame)
             if self._stopping.is_set() or conn.closed:
                 return
             if not decoder.pending:

@@ -48,6 +48,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 
+from broker import batching
+from broker.batching import PROPOSALS
 from broker.fsutil import CorruptFileError, StorageError, fsync_dir, make_private_dirs
 from broker.partition import PartitionState, check_snapshot
 from broker.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftNode, Role
@@ -100,6 +102,8 @@ def _payload(item) -> int:
         return len(item.data)
     if t is tuple and item and item[0] == "propose":
         return len(item[1])
+    if t is tuple and item and item[0] == "proposals":
+        return sum(len(p[1]) for p in item[1])
     return 0
 
 
@@ -365,18 +369,25 @@ class PartitionRunner:
 
     def propose(self, command: bytes, done: Callable[[dict], None]) -> None:
         """Propose ``command``; ``done(result)`` is called once, on the partition thread
-        (on the caller's thread, at once, when the inbox is full)."""
+        (on the caller's thread, at once, when the inbox is full). Inside a
+        ``PROPOSALS.turn()`` the caller's proposals reach the inbox together when the
+        turn ends."""
         item = ("propose", command, done, time.perf_counter())
-        if not self._admit(len(command), "proposal"):
-            done(
-                _error(
-                    "RESOURCE_EXHAUSTED",
-                    f"partition {self.partition_id}: too many requests queued "
-                    f"({MAX_INBOX_ITEMS} items or {MAX_INBOX_BYTES >> 20} MB); try again later",
-                )
+        if not PROPOSALS.add(self, item):
+            self.take([item])
+
+    def take(self, items: list) -> None:
+        """Queue proposals as one inbox item (one lock and one wake-up for the lot)."""
+        if not self._admit(sum(len(item[1]) for item in items), "proposal"):
+            refusal = _error(
+                "RESOURCE_EXHAUSTED",
+                f"partition {self.partition_id}: too many requests queued "
+                f"({MAX_INBOX_ITEMS} items or {MAX_INBOX_BYTES >> 20} MB); try again later",
             )
+            for item in items:
+                item[2](refusal)
             return
-        self._inbox.put(item)
+        self._inbox.put(items[0] if len(items) == 1 else ("proposals", items))
 
     def call(self, fn: Callable[[RaftNode], object]) -> Future:
         """Run ``fn(core)`` on the partition thread (rebalance, force reconfigure...)."""
@@ -427,7 +438,8 @@ class PartitionRunner:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.run_once()
+                with batching.turn():  # answers leave once per turn, per connection
+                    self.run_once()
             except Exception as exc:
                 try:
                     self._fail(exc)
@@ -515,6 +527,8 @@ class PartitionRunner:
             return
         if item[0] == "propose":
             self._batch.append(item[1:])
+        elif item[0] == "proposals":
+            self._batch.extend(p[1:] for p in item[1])
         else:
             _, fn, fut = item
             try:
@@ -858,8 +872,10 @@ class PartitionRunner:
         """While stopped: drop Raft traffic, refuse proposals and calls at once."""
         if not item or type(item) is not tuple:
             return
-        if item[0] == "propose":
-            item[2](_error(self._failure_code, self._stopped_message()))
+        if item[0] in ("propose", "proposals"):
+            refusal = _error(self._failure_code, self._stopped_message())
+            for p in item[1] if item[0] == "proposals" else [item]:
+                p[2](refusal)
         else:
             item[2].set_exception(RuntimeError(self._stopped_message()))
 

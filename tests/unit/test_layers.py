@@ -48,7 +48,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.exporters",
         ),
     ),
-    ("network and client", ("broker.transport", "broker.client")),
+    ("network and client", ("broker.transport", "broker.client", "broker.batching")),
     ("node", ("broker.node", "broker.daemon")),
     ("toolkit", ("broker.ops", "broker.lab", "broker.ctl", "broker.demo")),
     ("entry points", ("broker.cli", "broker.__main__")),

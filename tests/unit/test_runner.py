@@ -419,3 +419,38 @@ def test_a_partition_thread_that_ended_unasked_is_reported_as_died(tmp_path):
     stopped.start()
     stopped.stop()
     assert not stopped.died  # stopped on purpose: not a death
+
+
+def test_proposals_of_one_turn_reach_the_inbox_as_one_item_and_commit(tmp_path):
+    from broker import batching
+
+    r = make_runner(tmp_path)  # one voter: it elects itself
+    r.start()
+    try:
+        wait_until(lambda: r.is_leader, 10)
+        results = Results()
+        with batching.turn():
+            for i in range(20):
+                r.propose(sm.encode(sm.APPEND, b"r%d" % i), results.done(i))
+            assert r._inbox.qsize() == 0  # gathered, not queued yet
+        wait_until(lambda: len(results.got) == 20, 10)
+        positions = [results.got[i]["position"] for i in range(20)]
+        assert positions == list(range(positions[0], positions[0] + 20))
+    finally:
+        r.stop()
+
+
+def test_a_full_inbox_refuses_every_proposal_of_a_turn(tmp_path, monkeypatch):
+    from broker import batching
+
+    monkeypatch.setattr(runner_mod, "MAX_INBOX_BYTES", 100)
+    r = make_runner(tmp_path)  # not started: nothing drains
+    try:
+        results = Results()
+        with batching.turn():
+            for i in range(3):
+                r.propose(b"x" * 40, results.done(i))
+        assert [results.got[i]["code"] for i in range(3)] == ["RESOURCE_EXHAUSTED"] * 3
+        assert r._inbox.qsize() == 0 and r._inbox_bytes == 0
+    finally:
+        r.stop()
