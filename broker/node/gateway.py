@@ -336,10 +336,25 @@ class Gateway:
         self._waiting: dict[int, Callable[[dict], None]] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; answered tokens are skipped
         self._tokens = itertools.count()
+        self._children: dict = {}  # (op, code) or partition -> metric child
         self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:
         self.scheduler.stop()
+
+    # Labelled metric children, looked up once: labels() costs more than the
+    # update itself on the per-request path.
+    def _answered(self, op: str, code: str):
+        child = self._children.get((op, code))
+        if child is None:
+            child = self._children[(op, code)] = self.metrics.requests.labels(op, code)
+        return child
+
+    def _inflight_gauge(self, pid: int):
+        child = self._children.get(pid)
+        if child is None:
+            child = self._children[pid] = self.metrics.inflight_requests.labels(str(pid))
+        return child
 
     # --- entry point (transport reader thread) --------------------------------
 
@@ -362,7 +377,7 @@ class Gateway:
             if self._waiting.pop(token, None) is None:
                 return  # answered already (a request gets exactly one answer)
             if self.metrics:
-                self.metrics.requests.labels(op, code_label(result)).inc()
+                self._answered(op, code_label(result)).inc()
             conn.send_response(req_id, result)
 
         self._waiting[token] = reply
@@ -463,14 +478,15 @@ class Gateway:
                 reply(_error("RESOURCE_EXHAUSTED", f"partition {pid}: {n} requests in flight"))
                 return
             self._inflight[pid] = n + 1
-        if self.metrics:
-            self.metrics.inflight_requests.labels(str(pid)).inc()
+        gauge = self._inflight_gauge(pid) if self.metrics else None
+        if gauge is not None:
+            gauge.inc()
 
         def done(result: dict) -> None:
             with self._lock:
                 self._inflight[pid] -= 1
-            if self.metrics:
-                self.metrics.inflight_requests.labels(str(pid)).dec()
+            if gauge is not None:
+                gauge.dec()
             if _retryable(result):
                 retry(result.get("message") or f"node {self.node_id} does not lead {pid}")
             else:
