@@ -14,6 +14,7 @@ crash before logging is set up) goes to ``broker.out`` beside it.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import logging.handlers
@@ -177,9 +178,25 @@ def run(
         logging.getLogger("broker").error("cannot start: %s", exc)
         broker.stop()
         return 1
+    _tune_gc()
     stop.wait()
     broker.stop()
     return 0
+
+
+# A collection every 700 allocations, and full ones over the whole heap (the log
+# cache, the topology, the modules), cost the 3-broker bench a quarter of its
+# throughput and most of its p99 (python -m bench cluster: 32k -> 43k records/s,
+# p99 30-37 ms -> 7-10 ms). The hot path makes no reference cycles, so rarer
+# collections free the same memory.
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """Once started: what exists now lives as long as the broker (gc.freeze keeps
+    collections from scanning it again), and young objects are collected rarely."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _storage_error(exc: StorageError, log_file: str | None) -> None:
