@@ -7,6 +7,8 @@ process without clashing metric names.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -37,6 +39,7 @@ class BrokerMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._samplers: list[Callable[[], None]] = []
         r = self.registry
         self.commit_latency = Histogram(
             "broker_commit_latency_seconds",
@@ -162,6 +165,13 @@ class BrokerMetrics:
             registry=r,
         )
 
+    def sample_on_render(self, sample: Callable[[], None]) -> None:
+        """Call ``sample()`` before each render: gauges that would otherwise change on
+        every request (in-flight counts) are set from their owner's state instead."""
+        self._samplers.append(sample)
+
     def render(self) -> bytes:
         """All metrics in the Prometheus text format (see CONTENT_TYPE)."""
+        for sample in self._samplers:
+            sample()
         return generate_latest(self.registry)

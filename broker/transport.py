@@ -733,10 +733,18 @@ class Transport:
         idle_limit = self.idle_timeout if conn.role == ROLE_CLIENT else None
         while True:
             now = time.monotonic()
-            with batching.turn():  # a buffer of requests reaches each partition at once
-                for frame in decoder.feed(data):
-                    last_frame = now
-                    self._dispatch(conn, frame)
+            frames = raft = 0  # counted once per buffer: the stats lock is not per frame
+            try:
+                with batching.turn():  # a buffer of requests reaches each partition at once
+                    for frame in decoder.feed(data):
+                        last_frame = now
+                        frames += 1
+                        if type(frame) is RaftBatch:
+                            raft += len(frame.messages)
+                        self._dispatch(conn, frame)
+            finally:
+                if frames:
+                    self._count(frames_received=frames, raft_received=raft)
             if self._stopping.is_set() or conn.closed:
                 return
             if not decoder.pending:
@@ -763,8 +771,6 @@ class Transport:
                 return
 
     def _dispatch(self, conn: Connection, frame) -> None:
-        raft = len(frame.messages) if type(frame) is RaftBatch else 0
-        self._count(frames_received=1, raft_received=raft)
         peer = conn.role == ROLE_PEER
         try:
             if type(frame) is RaftBatch and peer:

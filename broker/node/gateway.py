@@ -336,7 +336,9 @@ class Gateway:
         self._waiting: dict[int, Callable[[dict], None]] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; answered tokens are skipped
         self._tokens = itertools.count()
-        self._children: dict = {}  # (op, code) or partition -> metric child
+        self._children: dict = {}  # (op, code) -> metric child
+        if metrics:
+            metrics.sample_on_render(self._sample_inflight)
         self.scheduler.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop(self) -> None:
@@ -350,11 +352,11 @@ class Gateway:
             child = self._children[(op, code)] = self.metrics.requests.labels(op, code)
         return child
 
-    def _inflight_gauge(self, pid: int):
-        child = self._children.get(pid)
-        if child is None:
-            child = self._children[pid] = self.metrics.inflight_requests.labels(str(pid))
-        return child
+    def _sample_inflight(self) -> None:
+        with self._lock:
+            inflight = list(self._inflight.items())
+        for pid, n in inflight:
+            self.metrics.inflight_requests.labels(str(pid)).set(n)
 
     # --- entry point (transport reader thread) --------------------------------
 
@@ -478,15 +480,10 @@ class Gateway:
                 reply(_error("RESOURCE_EXHAUSTED", f"partition {pid}: {n} requests in flight"))
                 return
             self._inflight[pid] = n + 1
-        gauge = self._inflight_gauge(pid) if self.metrics else None
-        if gauge is not None:
-            gauge.inc()
 
         def done(result: dict) -> None:
             with self._lock:
                 self._inflight[pid] -= 1
-            if gauge is not None:
-                gauge.dec()
             if _retryable(result):
                 retry(result.get("message") or f"node {self.node_id} does not lead {pid}")
             else:

@@ -322,3 +322,20 @@ def test_codes_of_answers_are_labelled_from_a_fixed_set(two_gateways):
     assert "WEIRD" not in text
     assert 'broker_gateway_requests_total{code="UNKNOWN",op="append"} 2.0' in text
     assert "INVALID_ARGUMENT" in ERROR_CODES
+
+
+def test_the_inflight_gauge_reads_the_requests_in_flight_when_scraped(two_gateways):
+    metrics = BrokerMetrics()
+    gateway, leader, _ = two_gateways(1 << 16, metrics)
+    held = []
+    leader.propose = lambda command, done: held.append(done)
+    conn = Conn()
+    for i in range(3):
+        gateway.handle(conn, i, {"op": "append", "data": b"x", "partition": 1})
+    wait_until(lambda: len(held) == 3)
+    line = 'broker_gateway_inflight_requests{partition="1"}'
+    assert f"{line} 3.0" in metrics.render().decode()
+    for done in held:
+        done({"ok": True, "partition": 1, "position": 1})
+    wait_until(lambda: len(conn.responses) == 3)
+    assert f"{line} 0.0" in metrics.render().decode()
