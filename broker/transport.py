@@ -23,10 +23,12 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from broker import batching
 from broker.batching import SENDS
+from broker.ioloop import IoLoop
 from broker.tls import certified_node, describe_failure
 from broker.wire import (
     ACCEPTOR_HANDSHAKE,
@@ -64,7 +66,8 @@ RECV_SIZE = 256 * 1024
 MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 WRITE_BATCH_BYTES = 1024 * 1024  # the writer joins queued frames into writes of about this
 TLS_WRITE_CHUNK = 16 * 1024  # one TLS record: the unit of a non-blocking TLS write
-WRITER_JOIN_TIMEOUT = 2.0  # how long a closing reader waits for its writer
+READ_PER_TURN = 1024 * 1024  # bytes read from one connection before the others' turn
+DIALERS = 4  # threads that connect to peers, whatever the number of peers
 # A frame must arrive whole within this many seconds of its first byte, so that a
 # peer dripping bytes cannot hold a connection (and its thread) forever.
 FRAME_TIMEOUT = 30.0
@@ -199,35 +202,58 @@ def _deadline(timeout: float | None) -> float | None:
 
 
 class Connection:
-    """An accepted connection that completed its handshake.
+    """An accepted connection that completed its handshake, served by its
+    transport's I/O loop (``broker.ioloop``): the loop reads it, hands its frames
+    to the transport, and writes what was queued for it.
 
     Sends never block the caller (a partition thread answering a committed
     request must not wait for a client's socket): ``send_frame`` queues the
-    encoded frame and a writer thread per connection, started on the first
-    send, drains the queue. A peer that leaves more than
-    ``MAX_OUTBOUND_BYTES`` unread loses its connection.
+    encoded frame and asks the loop to write. A peer that leaves more than
+    ``MAX_OUTBOUND_BYTES`` unread, or whose socket accepts nothing for
+    ``io_timeout`` seconds while answers wait, loses its connection.
     """
 
-    def __init__(self, sock: socket.socket, address, hello: Hello):
+    def __init__(
+        self,
+        sock: socket.socket,
+        address,
+        hello: Hello,
+        loop: IoLoop,
+        transport: Transport | None = None,
+        decoder: FrameDecoder | None = None,
+        number: int = -1,
+        io_timeout: float | None = None,
+    ):
         self.address = address
         self.node_id = hello.node_id
         self.role = hello.role
-        self._sock = sock
-        self._tls = TlsStream(sock) if isinstance(sock, ssl.SSLSocket) else None
+        self.number = number  # the transport's connection number
+        self.sock = sock
+        sock.setblocking(False)  # only the loop's thread uses it from now on
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._loop = loop
+        self._transport = transport
+        self._decoder = decoder if decoder is not None else FrameDecoder()
+        self._io_timeout = io_timeout
+        self._idle_limit = (
+            transport.idle_timeout if transport is not None and self.role == ROLE_CLIENT else None
+        )
         self.closed = False
-        # The outbound queue; _cond guards it, `closed` and the writer's start.
-        self._cond = threading.Condition(threading.Lock())
+        # The outbound queue; _lock guards it, `closed` and `_flagged`.
+        self._lock = threading.Lock()
         self._out: deque[bytes] = deque()
         self._out_bytes = 0  # queued or being written, not yet handed to the kernel
-        self._writer: threading.Thread | None = None
-        self._timeout: float | None = None  # the socket's, read when the writer starts
-        # Transport constructs a Connection on the connection's reader thread,
-        # whose end Transport.stop() waits for: close() from that thread also
-        # waits for the writer, so that no writer outlives its reader.
-        self._reader = threading.current_thread()
-        reader = self._reader.name
-        prefix = reader if reader.startswith("transport-") else f"transport-conn-{_fmt(address)}"
-        self._writer_name = f"{prefix}-writer"
+        self._flagged = False  # the loop was asked to write and has not started yet
+        # The loop's thread only:
+        self._writing = memoryview(b"")  # taken from _out, partly written
+        self._retry = 0  # TLS: a write that would block is retried with the same length
+        self._blocked_since: float | None = None  # output waits and the socket takes none
+        now = time.monotonic()
+        self._last_frame = self._partial_since = now
+        self._started = False
+        self._released = False
+
+    # --- any thread ---------------------------------------------------------------------
 
     def send_response(self, req_id: int, body: dict) -> bool:
         """Thread-safe; False if the connection is gone (the response is lost)."""
@@ -251,82 +277,182 @@ class Connection:
         self._queue(items, sum(map(len, items)))
 
     def _queue(self, frames: list[bytes], size: int) -> bool:
-        with self._cond:
+        with self._lock:
             if self.closed:
                 return False
             unread = self._out_bytes + size
             if unread <= MAX_OUTBOUND_BYTES:
                 self._out.extend(frames)
                 self._out_bytes = unread
-                if self._writer is None:
-                    self._start_writer()
-                self._cond.notify()
-                return True
-        log.info(
-            "closing connection from %s: slow consumer: %d bytes of responses unread",
-            _fmt(self.address),
-            unread,
-        )
-        self.close()
-        return False
-
-    def _start_writer(self) -> None:
-        # Called with _cond held, after the reader set the socket's I/O timeout.
-        self._timeout = self._sock.gettimeout()
-        writer = threading.Thread(target=self._write_loop, name=self._writer_name, daemon=True)
-        self._writer = writer
-        writer.start()
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._out or self.closed)
-                if self.closed:
-                    return
-                batch, size = [], 0
-                while self._out and size < WRITE_BATCH_BYTES:
-                    data = self._out.popleft()
-                    batch.append(data)
-                    size += len(data)
-            data = batch[0] if len(batch) == 1 else b"".join(batch)
-            try:
-                if self._tls is not None:
-                    self._tls.sendall(data, self._timeout, closed=lambda: self.closed)
-                else:
-                    self._sock.sendall(data)  # the socket's timeout bounds a stuck write
-            except (OSError, ValueError) as e:
-                if not self.closed:
-                    # A partial write leaves the stream unusable.
-                    log.info("closing connection from %s: write failed: %s", _fmt(self.address), e)
-                    self.close()
-                return
-            with self._cond:
-                self._out_bytes -= size
-
-    def recv(self) -> bytes:
-        """Called by the connection's reader thread only."""
-        if self._tls is None:
-            return self._sock.recv(RECV_SIZE)
-        timeout = self._timeout if self._timeout is not None else self._sock.gettimeout()
-        return self._tls.recv(RECV_SIZE, timeout)
+                wake, self._flagged = not self._flagged, True
+            else:
+                wake = None
+        if wake is None:
+            log.info(
+                "closing connection from %s: slow consumer: %d bytes of responses unread",
+                _fmt(self.address),
+                unread,
+            )
+            self.close()
+            return False
+        if wake:
+            self._loop.want_write(self)
+        return True
 
     def close(self) -> None:
-        """Thread-safe and idempotent; stops the writer (queued frames are
-        dropped) and wakes it if blocked on a slow reader."""
-        with self._cond:
+        """Thread-safe and idempotent: queued frames are dropped and the loop closes
+        the socket."""
+        with self._lock:
+            if self.closed:
+                return
             self.closed = True
             self._out.clear()
             self._out_bytes = 0
-            self._cond.notify_all()
-            writer = self._writer
-        _shutdown(self._sock)
-        if writer is not None and threading.current_thread() is self._reader:
-            writer.join(WRITER_JOIN_TIMEOUT)
+        self._loop.remove(self)
 
-    @property
-    def writer(self) -> threading.Thread | None:
-        """The writer thread, once started (for tests and diagnostics)."""
-        return self._writer
+    # --- the loop's thread (broker.ioloop.Channel) --------------------------------------
+
+    def readable(self) -> None:
+        if not self._started:  # frames pipelined behind the HELLO may be buffered already
+            self._started = True
+            self._feed(b"")
+        read = 0
+        while not self.closed:
+            try:
+                data = self.sock.recv(RECV_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except OSError as e:
+                if not self.closed:
+                    log.info("connection from %s failed: %s", _fmt(self.address), e)
+                self.close()
+                return
+            if not data:
+                self._ended()
+                return
+            self._feed(data)
+            read += len(data)
+            if self._tls and self.sock.pending():
+                continue  # decrypted bytes the selector cannot see
+            if read >= READ_PER_TURN or (not self._tls and len(data) < RECV_SIZE):
+                return  # drained, or others' turn: the selector calls again
+
+    def _ended(self) -> None:
+        if not self.closed:
+            try:
+                self._decoder.finish()
+            except ProtocolError as e:
+                self._protocol_error(e)
+                return
+            log.debug("connection from %s closed by peer", _fmt(self.address))
+        self.close()
+
+    def _feed(self, data: bytes) -> None:
+        t = self._transport
+        now = time.monotonic()
+        frames = raft = 0  # counted once per buffer: the stats lock is not per frame
+        try:
+            with batching.turn():  # a buffer of requests reaches each partition at once
+                for frame in self._decoder.feed(data):
+                    frames += 1
+                    if type(frame) is RaftBatch:
+                        raft += len(frame.messages)
+                    if t is not None:
+                        t._dispatch(self, frame)
+                    if self.closed:
+                        break
+        except ProtocolError as e:
+            self._protocol_error(e)
+        finally:
+            if frames:
+                self._last_frame = now
+                if t is not None:
+                    t._count(frames_received=frames, raft_received=raft)
+        if not self._decoder.pending:
+            self._partial_since = now
+
+    def _protocol_error(self, e: ProtocolError) -> None:
+        if self._transport is not None:
+            self._transport._count(connection_errors=1)
+        log.warning("closing connection from %s: %s", _fmt(self.address), e.reason)
+        self.close()
+
+    def writable(self) -> bool:
+        with self._lock:
+            self._flagged = False
+        while not self.closed:
+            if not self._writing:
+                with self._lock:
+                    if not self._out:
+                        self._blocked_since = None
+                        return False
+                    batch, size = [], 0
+                    while self._out and size < WRITE_BATCH_BYTES:
+                        data = self._out.popleft()
+                        batch.append(data)
+                        size += len(data)
+                self._writing = memoryview(batch[0] if len(batch) == 1 else b"".join(batch))
+            size = self._retry or (
+                min(len(self._writing), TLS_WRITE_CHUNK) if self._tls else len(self._writing)
+            )
+            try:
+                n = self.sock.send(self._writing[:size])
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                self._retry = size if self._tls else 0
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
+                return True
+            except OSError as e:
+                if not self.closed:
+                    # A partial write leaves the stream unusable.
+                    log.info("closing connection from %s: write failed: %s", _fmt(self.address), e)
+                self.close()
+                return False
+            self._retry = 0
+            self._blocked_since = None
+            self._writing = self._writing[n:]
+            with self._lock:
+                self._out_bytes -= n
+        return False
+
+    def tick(self, now: float) -> None:
+        t, peer = self._transport, _fmt(self.address)
+        if self.closed:
+            return
+        if self._decoder.pending and t is not None and now - self._partial_since > t.frame_timeout:
+            self._protocol_error(
+                ProtocolError(
+                    f"a frame took over {t.frame_timeout:g} s to arrive "
+                    f"({self._decoder.pending} bytes so far)"
+                )
+            )
+        elif self._idle_limit is not None and now - self._last_frame > self._idle_limit:
+            log.info("closing connection from %s: idle for %.0f s", peer, self._idle_limit)
+            self.close()
+        elif (
+            self._blocked_since is not None
+            and self._io_timeout is not None
+            and now - self._blocked_since > self._io_timeout
+        ):
+            log.info(
+                "closing connection from %s: write failed: no progress for %.0f s",
+                peer,
+                self._io_timeout,
+            )
+            self.close()
+
+    def released(self) -> None:
+        if self._released:
+            return
+        self._released = True
+        with self._lock:
+            self.closed = True
+            self._out.clear()
+            self._out_bytes = 0
+        _shutdown(self.sock)
+        self.sock.close()
+        if self._transport is not None:
+            self._transport._closed(self)
 
     def __repr__(self) -> str:
         return f"Connection({self.role} {self.node_id} at {_fmt(self.address)})"
@@ -417,6 +543,10 @@ class Transport:
         self._threads: set[threading.Thread] = set()
         self._stats: Counter[str] = Counter(dict.fromkeys(STATS, 0))
         self._stats_lock = threading.Lock()
+        # Every connection that completed its handshake is read and written here;
+        # the dialer threads connect to peers (a blocking connect and handshake).
+        self._loop = IoLoop(f"transport-{node_id}-io")
+        self._dialer = ThreadPoolExecutor(DIALERS, thread_name_prefix=f"transport-{node_id}-dial")
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -437,6 +567,7 @@ class Transport:
         self.port = listener.getsockname()[1]
         with self._lock:
             self._started = True
+            self._loop.start()
             self._spawn(self._accept_loop, f"transport-{self.node_id}-accept")
             for peer in self._peers.values():
                 peer.start()
@@ -458,6 +589,9 @@ class Transport:
         for sock in inbound:
             _shutdown(sock)
         deadline = time.monotonic() + timeout
+        self._loop.stop(timeout)  # releases the connections it serves
+        # A dial in progress ends within connect_timeout (a handshake at once: retired).
+        self._dialer.shutdown(wait=True, cancel_futures=True)
         for t in threads:
             t.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in threads if t.is_alive()]
@@ -606,8 +740,10 @@ class Transport:
             _shutdown(sock)
 
     def _serve(self, sock: socket.socket, address, number: int) -> None:
+        """The handshake of one inbound connection (this thread ends with it); then
+        the I/O loop serves the connection."""
         peer = _fmt(address)
-        conn = None
+        served = False
         try:
             _nodelay(sock)
             sock.settimeout(self.handshake_timeout)
@@ -631,28 +767,34 @@ class Transport:
             hello = self._handshake(sock, decoder, peer)
             with self._lock:
                 in_time = self._handshaking.pop(number, None) is not None
-            if hello is None or not in_time:
+            if hello is None or not in_time or self._stopping.is_set():
                 return
             decoder.max_frame_size = self.max_frame_size
             decoder.accept = FROM_CLIENT if hello.role == ROLE_CLIENT else FROM_PEER
-            conn = Connection(sock, address, hello)
-            sock.settimeout(self.io_timeout)
-            self._read_loop(conn, decoder)
+            conn = Connection(
+                sock, address, hello, self._loop, self, decoder, number, self.io_timeout
+            )
+            served = True
+            self._loop.add(conn)  # it reads what the decoder or TLS already buffered
         except ProtocolError as e:
             self._count(connection_errors=1)
             log.warning("closing connection from %s: %s", peer, e.reason)
         except (OSError, ValueError) as e:
-            if not self._stopping.is_set() and not (conn and conn.closed):
+            if not self._stopping.is_set():
                 log.info("connection from %s failed: %s", peer, e)
         finally:
-            if conn is not None:
-                conn.close()
-                if conn.role == ROLE_PEER:
-                    self._peer_lost(conn.node_id)
-            with self._lock:
-                self._inbound.pop(number, None)
-                self._handshaking.pop(number, None)
-            sock.close()
+            if not served:
+                with self._lock:
+                    self._inbound.pop(number, None)
+                    self._handshaking.pop(number, None)
+                sock.close()
+
+    def _closed(self, conn: Connection) -> None:
+        """A served connection ended (the loop released it)."""
+        with self._lock:
+            self._inbound.pop(conn.number, None)
+        if conn.role == ROLE_PEER:
+            self._peer_lost(conn.node_id)
 
     def _peer_lost(self, node_id: int) -> None:
         if self.on_peer_lost is None or self._stopping.is_set():
@@ -727,49 +869,6 @@ class Transport:
         with contextlib.suppress(OSError):
             sock.sendall(encode_frame(HelloReject(reason)))
 
-    def _read_loop(self, conn: Connection, decoder: FrameDecoder) -> None:
-        data = b""  # frames pipelined behind the HELLO may already be buffered
-        last_frame = partial_since = time.monotonic()
-        idle_limit = self.idle_timeout if conn.role == ROLE_CLIENT else None
-        while True:
-            now = time.monotonic()
-            frames = raft = 0  # counted once per buffer: the stats lock is not per frame
-            try:
-                with batching.turn():  # a buffer of requests reaches each partition at once
-                    for frame in decoder.feed(data):
-                        last_frame = now
-                        frames += 1
-                        if type(frame) is RaftBatch:
-                            raft += len(frame.messages)
-                        self._dispatch(conn, frame)
-            finally:
-                if frames:
-                    self._count(frames_received=frames, raft_received=raft)
-            if self._stopping.is_set() or conn.closed:
-                return
-            if not decoder.pending:
-                partial_since = now
-            elif now - partial_since > self.frame_timeout:
-                raise ProtocolError(
-                    f"a frame took over {self.frame_timeout:g} s to arrive "
-                    f"({decoder.pending} bytes so far)"
-                )
-            if idle_limit is not None and now - last_frame > idle_limit:
-                log.info(
-                    "closing connection from %s: idle for %.0f s", _fmt(conn.address), idle_limit
-                )
-                return
-            try:
-                data = conn.recv()
-            except TimeoutError:
-                data = b""  # idle connection; the timeout only bounds writes
-                continue
-            if not data:
-                if not (conn.closed or self._stopping.is_set()):
-                    decoder.finish()
-                    log.debug("connection from %s closed by peer", _fmt(conn.address))
-                return
-
     def _dispatch(self, conn: Connection, frame) -> None:
         peer = conn.role == ROLE_PEER
         try:
@@ -792,68 +891,166 @@ class Transport:
 
 
 class _Peer:
-    """The outbound side towards one peer: a bounded queue and a sender thread."""
+    """The outbound side towards one peer: a bounded queue, a connection dialed by
+    the transport's dialer threads and then served by its I/O loop, which writes
+    everything queued as few RAFT frames. A lost connection is dialed again after
+    a backoff; what was queued meanwhile is dropped (Raft and SWIM resend)."""
 
     def __init__(self, transport: Transport, node_id: int, address: tuple[str, int]):
         self.t = transport
         self.node_id = node_id
         self.address = address
         self.queue: deque = deque()
-        self.cond = threading.Condition()
+        self.cond = threading.Condition()  # queue, retired, connected, sock, _flagged
         self.retired = False
         self.connected = False
         self.sock: socket.socket | None = None
         self._last_failure: str | None = None
+        self._delay = transport.backoff[0]
+        self._flagged = False  # the loop was asked to write and has not started yet
+        # The loop's thread only, while connected:
+        self._writing = memoryview(b"")
+        self._retry = 0
+        self._blocked_since: float | None = None
+        self._released = True
 
     def __repr__(self) -> str:
         return f"peer {self.node_id} at {_fmt(self.address)}"
 
     def start(self) -> None:
-        # Called with the transport's lock held.
-        self.t._spawn(self._run, f"transport-{self.t.node_id}-to-{self.node_id}")
+        self._dial()
 
     def retire(self) -> None:
         with self.cond:
             self.retired = True
             self.queue.clear()
-            self.cond.notify()
-            if self.sock is not None:
-                _shutdown(self.sock)
+            sock, connected = self.sock, self.connected
+        if connected:
+            self.t._loop.remove(self)
+        elif sock is not None:
+            _shutdown(sock)  # interrupts a handshake in progress
 
     def enqueue(self, item) -> bool:
         with self.cond:
             if self.retired or len(self.queue) >= self.t.queue_limit:
                 return False
             self.queue.append(item)
-            self.cond.notify()
+            wake = self.connected and not self._flagged
+            if wake:
+                self._flagged = True
+        if wake:
+            self.t._loop.want_write(self)
         return True
 
-    def _run(self) -> None:
-        first, cap = self.t.backoff
-        delay = first
-        while not self.retired:
-            sock = self._connect()
-            if sock is None:
-                self._drop_queued()
-                self.t._peer_lost(self.node_id)
-                with self.cond:
-                    # Jitter keeps a restarted node from being hit by every peer at once.
-                    self.cond.wait_for(lambda: self.retired, delay * random.uniform(0.5, 1.0))
-                delay = min(delay * 2, cap)
-                continue
-            delay = first
-            try:
-                self._pump(sock)
-            except (OSError, ValueError) as e:
-                if not self.retired:
-                    self.t._count(connection_errors=1)
-                    log.info("node %d lost connection to %r: %s", self.t.node_id, self, e)
-                    self.t._peer_lost(self.node_id)
-            finally:
-                with self.cond:
-                    self.sock = None
-                    self.connected = False
+    # --- dialing (a dialer thread) ------------------------------------------------------
+
+    def _dial(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the transport stopped
+            self.t._dialer.submit(self._dial_once)
+
+    def _dial_once(self) -> None:
+        if self.retired:
+            return
+        sock = self._connect()
+        if sock is None:
+            self._drop_queued()
+            self.t._peer_lost(self.node_id)
+            self._redial_later()
+            return
+        self._delay = self.t.backoff[0]
+        sock.setblocking(False)
+        with self.cond:
+            if self.retired:
+                self.sock = None
                 sock.close()
+                return
+            self.sock = sock
+            self.connected = True
+            self._released = False
+            self._flagged = True  # the loop writes what was queued while dialing
+            self._writing, self._retry, self._blocked_since = memoryview(b""), 0, None
+        self.t._loop.add(self)
+
+    def _redial_later(self) -> None:
+        if self.retired:
+            return
+        # Jitter keeps a restarted node from being hit by every peer at once.
+        delay = self._delay * random.uniform(0.5, 1.0)
+        self._delay = min(self._delay * 2, self.t.backoff[1])
+        self.t._loop.call_later(delay, self._dial)
+
+    # --- the loop's thread (broker.ioloop.Channel) --------------------------------------
+
+    def readable(self) -> None:
+        # Peers never write on a connection we dialed once the handshake is over,
+        # so readable means EOF, an error, or (TLS) a session ticket.
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return
+        except OSError as e:
+            self._lost(str(e))
+            return
+        self._lost("connection closed by peer" if not data else "unexpected data from the peer")
+
+    def writable(self) -> bool:
+        with self.cond:
+            self._flagged = False
+        while self.connected:
+            if not self._writing:
+                with self.cond:
+                    items = list(self.queue)
+                    self.queue.clear()
+                if not items:
+                    self._blocked_since = None
+                    return False
+                data, frames, raft, gossip = self._encode(items)
+                self.t._count(frames_sent=frames, raft_sent=raft, gossip_sent=gossip)
+                self._writing = memoryview(data)
+                continue
+            tls = isinstance(self.sock, ssl.SSLSocket)
+            size = self._retry or (
+                min(len(self._writing), TLS_WRITE_CHUNK) if tls else len(self._writing)
+            )
+            try:
+                n = self.sock.send(self._writing[:size])
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                self._retry = size if tls else 0
+                if self._blocked_since is None:
+                    self._blocked_since = time.monotonic()
+                return True
+            except OSError as e:
+                self._lost(str(e))
+                return False
+            self._retry = 0
+            self._blocked_since = None
+            self._writing = self._writing[n:]
+        return False
+
+    def tick(self, now: float) -> None:
+        if self._blocked_since is not None and now - self._blocked_since > self.t.io_timeout:
+            self._lost(f"no write progress for {self.t.io_timeout:g} s")
+
+    def _lost(self, why: str) -> None:
+        if not self.retired:
+            self.t._count(connection_errors=1)
+            log.info("node %d lost connection to %r: %s", self.t.node_id, self, why)
+        self.t._loop.remove(self)
+
+    def released(self) -> None:
+        with self.cond:
+            if self._released:
+                return
+            self._released = True
+            sock, self.sock = self.sock, None
+            self.connected = False
+            self._writing = memoryview(b"")
+        if sock is not None:
+            _shutdown(sock)
+            sock.close()
+        if not self.retired and not self.t._stopping.is_set():
+            self.t._peer_lost(self.node_id)
+            self._redial_later()
 
     def _failed(self, what: str, level: int = logging.WARNING) -> None:
         # Repeated identical failures during backoff are logged once.
@@ -916,10 +1113,8 @@ class _Peer:
                 self.sock = None
             sock.close()
             return None
-        sock.settimeout(t.io_timeout)
         log.info("node %d connected to %r", t.node_id, self)
         self._last_failure = None
-        self.connected = True
         return sock
 
     def _drop_queued(self) -> None:
@@ -928,39 +1123,6 @@ class _Peer:
             self.queue.clear()
         if n:
             self.t._count(dropped=n)
-
-    def _pump(self, sock: socket.socket) -> None:
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        while True:
-            with self.cond:
-                # The periodic wake-up notices a peer that went away while idle.
-                self.cond.wait_for(lambda: self.queue or self.retired, 1.0)
-                if self.retired:
-                    return
-            if poller.poll(0) and self._closed_by_peer(sock):
-                raise ConnectionError("connection closed by peer")
-            with self.cond:
-                items = list(self.queue)
-                self.queue.clear()
-            if items:
-                data, frames, raft, gossip = self._encode(items)
-                sock.sendall(data)
-                self.t._count(frames_sent=frames, raft_sent=raft, gossip_sent=gossip)
-
-    def _closed_by_peer(self, sock: socket.socket) -> bool:
-        # Peers never write on a connection we dialed once the handshake is
-        # over, so readable means EOF, an error, or (TLS) a session ticket.
-        sock.setblocking(False)
-        try:
-            sock.recv(1)  # b"" (EOF) or unexpected data: unusable either way
-            return True
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return False
-        except OSError:
-            return True
-        finally:
-            sock.settimeout(self.t.io_timeout)
 
     def _encode(self, items: list) -> tuple[bytes, int, int, int]:
         """All queued items as frames: consecutive Raft messages share a RAFT frame."""

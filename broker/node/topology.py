@@ -89,6 +89,8 @@ class TopologyManager:
         self._warned: set[tuple[int, int, str]] = set()  # (partition, version, what)
         self._deletions: dict[int, _Deletion] = {}  # refused for now; step thread retries
         self._strangers: set[int] = set()  # nodes whose topology gossip we ignored
+        self._gossiped: tuple[t.ClusterConfig, int] | None = None  # newest heard, to adopt
+        self._gossip_lock = threading.Lock()  # only _gossiped: never held for long
         peers = host.peers
         if peers is not None and hasattr(peers, "topology_members"):
             # Leadership claims are believed only from brokers of the configuration.
@@ -158,7 +160,19 @@ class TopologyManager:
                     src,
                 )
             return
-        self._adopt(cfg, f"gossip from node {src}")
+        # Adopting may start or stop partitions and wait for them: that is the step
+        # thread's work, never the transport's I/O loop's (it serves every peer).
+        with self._gossip_lock:
+            newest = self._gossiped
+            if newest is None or cfg.version > newest[0].version:
+                self._gossiped = (cfg, src)
+
+    def _adopt_gossiped(self) -> None:
+        with self._gossip_lock:
+            gossiped, self._gossiped = self._gossiped, None
+        if gossiped is not None:
+            cfg, src = gossiped
+            self._adopt(cfg, f"gossip from node {src}")
 
     def _may_gossip_topology(self, src: int) -> bool:
         """Only brokers of our configuration (any state) or contact points may."""
@@ -191,6 +205,7 @@ class TopologyManager:
         last_gossip = 0.0
         while not self._stop.wait(STEP_INTERVAL):
             try:
+                self._adopt_gossiped()
                 self._step()
                 if time.monotonic() - last_gossip >= GOSSIP_INTERVAL:
                     self.broadcast()

@@ -62,22 +62,26 @@ def test_a_connection_queues_the_answers_of_a_turn_together_and_in_order():
     import socket
 
     from broker import batching
+    from broker.ioloop import IoLoop
     from broker.transport import Connection
     from broker.wire import FrameDecoder, Hello, Response
 
     a, b = socket.socketpair()
-    a.settimeout(5)
     b.settimeout(5)
-    conn = Connection(a, ("127.0.0.1", 1), Hello("c", -1, 1, "client"))
+    loop = IoLoop("test-io")
+    conn = Connection(a, ("127.0.0.1", 1), Hello("c", -1, 1, "client"), loop)
+    loop.add(conn)
+    loop.start()
     try:
         with batching.turn():
             for i in range(100):
                 assert conn.send_response(i, {"ok": True, "i": i})
-            assert conn.writer is None  # nothing queued yet: no writer started
+            assert not conn._out  # gathered, not queued yet
         decoder, got = FrameDecoder(), []
         while len(got) < 100:
             got += list(decoder.feed(b.recv(65536)))
         assert got == [Response(i, {"ok": True, "i": i}) for i in range(100)]
     finally:
         conn.close()
+        loop.stop()
         b.close()

@@ -48,7 +48,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.exporters",
         ),
     ),
-    ("network and client", ("broker.transport", "broker.client", "broker.batching")),
+    (
+        "network and client",
+        ("broker.transport", "broker.client", "broker.batching", "broker.ioloop"),
+    ),
     ("node", ("broker.node", "broker.daemon")),
     ("toolkit", ("broker.ops", "broker.lab", "broker.ctl", "broker.demo")),
     ("entry points", ("broker.cli", "broker.__main__")),

@@ -12,6 +12,7 @@ import pytest
 
 from broker import transport
 from broker.raft.messages import AppendRequest, Entry, TimeoutNow, VoteRequest, VoteResponse
+from broker.ioloop import IoLoop
 from broker.transport import Connection, FramedClient, HandshakeRejected, Transport
 from broker.wire import (
     FrameDecoder,
@@ -316,26 +317,33 @@ def test_raft_frames_from_a_client_are_refused(make_transport, caplog, closing):
     assert server.inbox.raft == []
 
 
-def test_a_blocked_callback_does_not_stop_other_connections(make_transport, closing):
-    release = threading.Event()
-    entered = threading.Event()
+def test_every_connection_is_served_by_the_io_thread_whatever_their_number(
+    make_transport, closing
+):
+    """Once its handshake is over, a connection is read and written by the transport's
+    I/O loop: the thread count does not grow with connections, and handlers run on
+    that one thread (which is why they must never block)."""
+    handlers_ran_on = set()
 
-    def stuck(src, messages):
-        entered.set()
-        release.wait(10)
+    def on_request(conn, req_id, body):
+        handlers_ran_on.add(threading.current_thread().name)
+        conn.send_response(req_id, {"echo": body})
 
-    b = make_transport(2)
-    b.on_raft = stuck
-    a = make_transport(1)
-    a.set_peer(2, HOST, b.port)
-    a.send_raft(2, 1, TimeoutNow(1, 1, 2))
-    try:
-        assert entered.wait(5)
-        client = FramedClient(HOST, b.port, CLUSTER, timeout=5)
+    server = make_transport(1, on_request=on_request)
+    a = make_transport(2)
+    a.set_peer(1, HOST, server.port)
+    wait_until(lambda: a.is_connected(1))
+    baseline = threading.active_count()
+    clients = [FramedClient(HOST, server.port, CLUSTER, timeout=5) for _ in range(30)]
+    for client in clients:
         closing(client)
-        assert client.request({"still": "serving"}) == {"echo": {"still": "serving"}}
-    finally:
-        release.set()
+    for i, client in enumerate(clients):
+        assert client.request({"n": i}) == {"echo": {"n": i}}
+    # the handshakes' threads have ended; no thread per connection remains
+    wait_until(lambda: threading.active_count() == baseline)
+    assert handlers_ran_on == {"transport-1-io"}
+    a.send_raft(1, 1, TimeoutNow(1, 2, 1))
+    wait_until(lambda: server.inbox.raft == [(2, 1, TimeoutNow(1, 2, 1))])
 
 
 # --- clients --------------------------------------------------------------------
@@ -472,15 +480,25 @@ def test_response_type_is_checked_by_the_client(make_transport, closing):
 
 
 @pytest.fixture
-def stuck_pair(closing):
-    """A Connection over a socketpair whose peer never reads (small buffers)."""
+def io_loop():
+    loop = IoLoop("test-io")
+    loop.start()
+    yield loop
+    loop.stop()
+    assert not loop.thread.is_alive()
+
+
+@pytest.fixture
+def stuck_pair(closing, io_loop):
+    """A Connection served by an I/O loop over a socketpair whose peer never reads
+    (small buffers)."""
     ours, theirs = socket.socketpair()
     for sock in (ours, theirs):
         closing(sock)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    ours.settimeout(5)  # as Transport sets io_timeout: bounds a write that would block
-    conn = Connection(ours, ("127.0.0.1", 4242), Hello(CLUSTER, -1, 1, "client"))
+    conn = Connection(ours, ("127.0.0.1", 4242), Hello(CLUSTER, -1, 1, "client"), io_loop)
+    io_loop.add(conn)
     closing(conn)
     return conn, theirs
 
@@ -506,8 +524,7 @@ def test_sends_never_block_and_a_peer_that_does_not_read_is_cut_off(
     assert conn.closed
     assert conn.send_response(0, {}) is False
     wait_until(lambda: logged(caplog, "127.0.0.1:4242", "slow consumer:", "bytes of responses"))
-    conn.writer.join(5)  # it was blocked on the full socket: close() woke it
-    assert not conn.writer.is_alive()
+    wait_until(lambda: conn.sock.fileno() == -1)  # the loop closed the socket
     # the peer reads what was written, then the end of the stream
     peer.settimeout(5)
     assert closed_by_server(peer)
@@ -524,25 +541,35 @@ def test_frames_arrive_whole_and_in_order_once_the_peer_reads(stuck_pair):
         assert data, "connection closed"
         got.extend(decoder.feed(data))
     assert got == [Response(i, body) for i, body in enumerate(sent)]
-    assert conn.writer.name.startswith("transport-") and conn.writer.name.endswith("-writer")
 
 
 @pytest.mark.parametrize("blocked", [False, True], ids=["idle", "blocked"])
-def test_close_ends_the_writer_thread(stuck_pair, blocked):
+def test_close_from_another_thread_releases_the_socket(stuck_pair, blocked):
     conn, _ = stuck_pair
     assert conn.send_response(1, {"data": b"x" * (1 << 20 if blocked else 10)})
-    writer = conn.writer
-    assert writer is not None and writer.is_alive() and writer.daemon
     if blocked:
-        wait_until(lambda: conn._out_bytes and not conn._out)  # taken by the writer
-    closer = threading.Thread(target=conn.close)  # not the reader: close() does not wait
+        wait_until(lambda: conn._out_bytes and not conn._out)  # taken by the loop
+    closer = threading.Thread(target=conn.close)
     t0 = time.monotonic()
     closer.start()
     closer.join(5)
-    writer.join(5)
-    assert not writer.is_alive()
+    wait_until(lambda: conn.sock.fileno() == -1, timeout=2)
     assert time.monotonic() - t0 < 2
     assert conn.send_response(2, {}) is False
+
+
+def test_a_socket_that_accepts_nothing_for_io_timeout_is_closed(closing, io_loop, caplog):
+    caplog.set_level(logging.INFO, LOGGER)
+    ours, theirs = socket.socketpair()
+    for sock in (ours, theirs):
+        closing(sock)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    hello = Hello(CLUSTER, -1, 1, "client")
+    conn = Connection(ours, ("127.0.0.1", 4243), hello, io_loop, io_timeout=0.5)
+    io_loop.add(conn)
+    assert conn.send_response(1, {"data": b"x" * (1 << 20)})  # far more than the buffers
+    wait_until(lambda: conn.closed, timeout=5)
+    assert logged(caplog, "127.0.0.1:4243", "write failed: no progress for")
 
 
 def test_a_tls_writer_blocked_on_a_peer_that_does_not_read_leaves_reads_flowing(
@@ -572,3 +599,20 @@ def test_a_tls_writer_blocked_on_a_peer_that_does_not_read_leaves_reads_flowing(
     client.send_request({"n": 40, "big": False})
     wait_until(lambda: len(seen) == 41, timeout=3)  # well within io_timeout
     assert not conn.closed
+
+
+def test_requests_sent_with_the_hello_in_one_write_are_answered(make_transport, closing):
+    """The handshake reads the HELLO and may buffer what follows it: the I/O loop
+    serves those frames first, though the socket has nothing more to read."""
+    server = make_transport(1)
+    sock = socket.create_connection((HOST, server.port), timeout=5)
+    closing(sock)
+    hello = encode_frame(Hello(CLUSTER, -1, 1, "client"))
+    requests = b"".join(encode_frame(Request(i, {"n": i})) for i in range(3))
+    sock.sendall(hello + requests)
+    decoder, got = FrameDecoder(), []
+    while len(got) < 4:
+        data = sock.recv(65536)
+        assert data, "closed by the server"
+        got.extend(decoder.feed(data))
+    assert got == [HelloOk(1)] + [Response(i, {"echo": {"n": i}}) for i in range(3)]
