@@ -1,13 +1,17 @@
-"""Threaded TCP transport between brokers, and for clients (see docs/protocol.md).
+"""TCP transport between brokers, and for clients (see docs/protocol.md).
 
-Every node listens on one port. Inbound connections start with a HELLO
-handshake and then get a reader thread each, so a slow callback only stalls
-its own connection. Outbound, each node dials each peer once and keeps the
-connection for its own traffic to that peer: a sender thread per peer drains
-a bounded queue and writes everything queued as one write (one RAFT frame
-unless the size limit forces a split). Traffic from the peer arrives on the
-connection the peer dialed, so outbound sockets are never read after the
-handshake.
+Every node listens on one port. An inbound connection gets a short-lived
+thread for its handshake (TLS, then HELLO, bounded by ``handshake_timeout``);
+then the transport's I/O loop (``broker.ioloop``, one thread) reads and
+writes it with every other connection. Outbound, each node dials each peer
+once (from a small pool of dialer threads) and keeps the connection for its
+own traffic to that peer: what is queued for the peer is written by the I/O
+loop as few RAFT frames (one unless the size limit forces a split). Traffic
+from the peer arrives on the connection the peer dialed, so outbound sockets
+are never read after the handshake, except to notice that they closed.
+
+Handlers (``on_raft``, ``on_request``, ``on_gossip``) run on the I/O loop's
+thread: they must hand work on, never wait.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from broker.wire import (
     Response,
     UnsupportedVersion,
     encode_frame,
+    encode_response,
     pack_raft_item,
     raft_frame,
 )
@@ -131,6 +136,20 @@ def _shutdown(sock: socket.socket) -> None:
     """Wake any thread blocked on ``sock``; its owner closes it afterwards."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
+
+
+def _close_gently(sock: socket.socket, linger: float = 1.0) -> None:
+    """End a refused TLS handshake so that the other side reads our alert (e.g. "a
+    client certificate is required"): closing with its data unread would reset
+    the connection, and a reset discards the alert. We send our end, then read
+    (raw bytes, for at most ``linger`` seconds) until the other side closes too."""
+    deadline = time.monotonic() + linger
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_WR)
+        while (left := deadline - time.monotonic()) > 0:
+            socket.socket.settimeout(sock, left)
+            if not socket.socket.recv(sock, 4096):
+                return
 
 
 def recv_frame(sock: socket.socket, decoder: FrameDecoder):
@@ -257,7 +276,9 @@ class Connection:
 
     def send_response(self, req_id: int, body: dict) -> bool:
         """Thread-safe; False if the connection is gone (the response is lost)."""
-        return self.send_frame(Response(req_id, body))
+        if self.closed:
+            return False
+        return self._send(encode_response(req_id, body))
 
     def send_frame(self, frame) -> bool:
         """Queue ``frame``; thread-safe and never blocks on the socket.
@@ -267,7 +288,9 @@ class Connection:
         closed now because its peer left more than ``MAX_OUTBOUND_BYTES`` unread."""
         if self.closed:
             return False
-        data = encode_frame(frame)
+        return self._send(encode_frame(frame))
+
+    def _send(self, data: bytes) -> bool:
         if SENDS.add(self, data):
             return True
         return self._queue([data], len(data))
@@ -759,6 +782,7 @@ class Transport:
                     sock.do_handshake()
                 except ssl.SSLError as e:
                     self._refuse_tls(peer, e)
+                    _close_gently(sock)
                     return
             # Before its handshake a connection may send only a HELLO, a small frame.
             decoder = FrameDecoder(

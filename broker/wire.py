@@ -13,6 +13,7 @@ of the dataclass fields; the per-type layout is computed once at import.
 from __future__ import annotations
 
 import struct
+import threading
 import typing
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -71,6 +72,7 @@ class FrameType(IntEnum):
 
 
 _REQUEST = int(FrameType.REQUEST)  # a plain int compares faster on the per-request path
+_RESPONSE = int(FrameType.RESPONSE)
 
 
 # --- errors -----------------------------------------------------------------
@@ -456,10 +458,27 @@ def encode_frame(frame: Frame) -> bytes:
     if t is RaftBatch:
         return raft_frame([pack_raft_item(p, m) for p, m in frame.messages])
     if t is Response or t is Request:  # the per-request path: no pattern matching
-        body = _packb([frame.req_id, frame.body])
-    else:
-        body = _packb(_frame_body(frame))
+        return _request_frame(frame.TYPE, frame.req_id, frame.body)
+    body = _packb(_frame_body(frame))
     return _header(frame.TYPE, len(body)) + body
+
+
+def encode_response(req_id: int, body: dict) -> bytes:
+    """``encode_frame(Response(req_id, body))``, without building the Response."""
+    return _request_frame(_RESPONSE, req_id, body)
+
+
+_packers = threading.local()
+
+
+def _request_frame(frame_type: int, req_id: int, body: dict) -> bytes:
+    # A Packer per thread: packb builds a new one on every call, which costs as much
+    # as packing an answer.
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer()
+    data = packer.pack([req_id, body])
+    return HEADER.pack(MAGIC, PROTOCOL_VERSION, frame_type, len(data)) + data
 
 
 # --- frame decoding ---------------------------------------------------------
@@ -577,23 +596,35 @@ class _Counter:
         return value
 
 
+# A small body cannot hold a string longer than itself (the unpacker checks what is
+# left of the buffer), so one limit serves every small request: no dict per request.
+_SMALL_REQUEST_LIMITS = {
+    "max_array_len": REQUEST_MAX_ITEMS,
+    "max_map_len": REQUEST_MAX_ITEMS,
+    "max_str_len": SMALL_REQUEST,
+    "max_bin_len": SMALL_REQUEST,
+}
+
+
 def _unpack_limits(frame_type: int, size: int) -> dict:
     """msgpack limits for a body of ``size`` bytes of ``frame_type``: checked by
     the unpacker before it allocates, so a small body cannot claim a huge array."""
     if frame_type == _REQUEST:  # first: it is every client request
+        if size <= SMALL_REQUEST:
+            return _SMALL_REQUEST_LIMITS
+        # Count the containers while decoding: a large body of tiny arrays stops at
+        # the first one too many. A small body cannot hold enough to matter;
+        # _decode_request counts them afterwards (same limit), which saves two hook
+        # calls on every ordinary request.
+        counter = _Counter(REQUEST_MAX_CONTAINERS, "REQUEST")
         limits = {
             "max_array_len": REQUEST_MAX_ITEMS,
             "max_map_len": REQUEST_MAX_ITEMS,
             "max_str_len": size,
             "max_bin_len": size,
+            "list_hook": counter,
+            "object_hook": counter,
         }
-        if size > SMALL_REQUEST:
-            # Count the containers while decoding: a large body of tiny arrays
-            # stops at the first one too many. A small body cannot hold enough
-            # to matter; _decode_request counts them afterwards (same limit),
-            # which saves two hook calls on every ordinary request.
-            counter = _Counter(REQUEST_MAX_CONTAINERS, "REQUEST")
-            limits.update(list_hook=counter, object_hook=counter)
         return limits
     if frame_type == FrameType.HELLO:
         return {"max_array_len": 4, "max_map_len": 0, "max_str_len": size, "max_bin_len": 0}

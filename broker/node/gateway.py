@@ -23,6 +23,7 @@ import logging
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -335,6 +336,9 @@ class Gateway:
         # request's closure alive for the whole deadline): token -> (deadline, reply)
         self._waiting: dict[int, Callable[[dict], None]] = {}
         self._deadlines: list[tuple[float, int]] = []  # heap; answered tokens are skipped
+        # Requests with the gateway's own timeout, in arrival order (so in deadline
+        # order): appended by the I/O loop, popped by the sweep, no lock needed.
+        self._fifo_deadlines: deque[tuple[float, int]] = deque()
         self._tokens = itertools.count()
         self._children: dict = {}  # (op, code) -> metric child
         if metrics:
@@ -391,17 +395,22 @@ class Gateway:
         if req.op == "topology":
             reply({"ok": True, **self.topology()})
             return
-        limit = (
-            self.request_timeout if req.timeout is None else min(req.timeout, self.request_timeout)
-        )
         forwarded = internal and body.get("forwarded") is True
-        deadline = start + limit
-        with self._lock:
-            heapq.heappush(self._deadlines, (deadline, token))
+        if req.timeout is None or req.timeout >= self.request_timeout:
+            # The gateway's own timeout: deadlines come in arrival order (no lock)
+            deadline = start + self.request_timeout
+            self._fifo_deadlines.append((deadline, token))
+        else:
+            deadline = start + req.timeout
+            with self._lock:
+                heapq.heappush(self._deadlines, (deadline, token))
         self._route(req.partition, req.command, body, deadline, forwarded, reply)
 
     def _sweep(self) -> None:
         now, expired = time.monotonic(), []
+        fifo = self._fifo_deadlines
+        while fifo and fifo[0][0] <= now:
+            expired.append(fifo.popleft()[1])
         with self._lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 expired.append(heapq.heappop(self._deadlines)[1])
@@ -442,32 +451,39 @@ class Gateway:
             return
         target = pid if pid is not None else self._pick_partition()
         leader = self._leader(target) if target is not None else None
-
-        def retry(reason: str) -> None:
-            if forwarded:  # the origin gateway retries; we only answer for ourselves
-                reply({"ok": False, "code": "NOT_LEADER", "leader": leader, "message": reason})
-                return
-            if time.monotonic() + RETRY_DELAY >= deadline:
-                reply(_error("UNAVAILABLE", reason))  # never committed: safe for the client
-                return
-            self.scheduler.call_later(
-                RETRY_DELAY, lambda: self._route(pid, command, body, deadline, False, reply)
-            )
-
+        # what a retry needs; the function itself is made only when one is due
+        attempt = (pid, command, body, deadline, forwarded, reply, leader)
         if leader is None:
-            retry(f"no leader for {f'partition {target}' if target else 'any partition'}")
+            self._retry(
+                attempt, f"no leader for {f'partition {target}' if target else 'any partition'}"
+            )
             return
         if leader == self.node_id:
-            self._propose(target, command, body, deadline, forwarded, reply, retry)
+            self._propose(target, command, body, attempt)
         elif forwarded:
-            retry(f"node {self.node_id} does not lead partition {target}")
+            self._retry(attempt, f"node {self.node_id} does not lead partition {target}")
         else:
-            self._forward(leader, target, body, deadline, reply, retry)
+            self._forward(
+                leader, target, body, deadline, reply, lambda why: self._retry(attempt, why)
+            )
 
-    def _propose(self, pid, command, body, deadline, forwarded, reply, retry) -> None:
+    def _retry(self, attempt: tuple, reason: str) -> None:
+        pid, command, body, deadline, forwarded, reply, leader = attempt
+        if forwarded:  # the origin gateway retries; we only answer for ourselves
+            reply({"ok": False, "code": "NOT_LEADER", "leader": leader, "message": reason})
+            return
+        if time.monotonic() + RETRY_DELAY >= deadline:
+            reply(_error("UNAVAILABLE", reason))  # never committed: safe for the client
+            return
+        self.scheduler.call_later(
+            RETRY_DELAY, lambda: self._route(pid, command, body, deadline, False, reply)
+        )
+
+    def _propose(self, pid, command, body, attempt: tuple) -> None:
+        reply = attempt[5]
         runner = self.partitions.get(pid)
         if runner is None:  # removed meanwhile (a topology change)
-            retry(f"node {self.node_id} no longer hosts partition {pid}")
+            self._retry(attempt, f"node {self.node_id} no longer hosts partition {pid}")
             return
         if not callable(command) and not str(body.get("op", "")).startswith("_"):
             refusal = runner.refusal(write=body.get("op") in WRITE_OPS)
@@ -485,7 +501,8 @@ class Gateway:
             with self._lock:
                 self._inflight[pid] -= 1
             if _retryable(result):
-                retry(result.get("message") or f"node {self.node_id} does not lead {pid}")
+                why = result.get("message") or f"node {self.node_id} does not lead {pid}"
+                self._retry(attempt, why)
             else:
                 reply(result)
 

@@ -82,6 +82,7 @@ class TopologyManager:
         # gossip; one at a time, or a partition being joined can be dropped midway.
         self._hosting = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"topology-{self.node_id}", daemon=True
         )
@@ -166,6 +167,7 @@ class TopologyManager:
             newest = self._gossiped
             if newest is None or cfg.version > newest[0].version:
                 self._gossiped = (cfg, src)
+        self._wake.set()
 
     def _adopt_gossiped(self) -> None:
         with self._gossip_lock:
@@ -199,11 +201,16 @@ class TopologyManager:
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join(5)
 
     def _run(self) -> None:
         last_gossip = 0.0
-        while not self._stop.wait(STEP_INTERVAL):
+        while True:
+            self._wake.wait(STEP_INTERVAL)  # a step, or at once a gossiped topology
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             try:
                 self._adopt_gossiped()
                 self._step()

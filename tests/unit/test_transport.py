@@ -11,8 +11,8 @@ import msgpack
 import pytest
 
 from broker import transport
-from broker.raft.messages import AppendRequest, Entry, TimeoutNow, VoteRequest, VoteResponse
 from broker.ioloop import IoLoop
+from broker.raft.messages import AppendRequest, Entry, TimeoutNow, VoteRequest, VoteResponse
 from broker.transport import Connection, FramedClient, HandshakeRejected, Transport
 from broker.wire import (
     FrameDecoder,
@@ -317,9 +317,7 @@ def test_raft_frames_from_a_client_are_refused(make_transport, caplog, closing):
     assert server.inbox.raft == []
 
 
-def test_every_connection_is_served_by_the_io_thread_whatever_their_number(
-    make_transport, closing
-):
+def test_every_connection_is_served_by_the_io_thread_whatever_their_number(make_transport, closing):
     """Once its handshake is over, a connection is read and written by the transport's
     I/O loop: the thread count does not grow with connections, and handlers run on
     that one thread (which is why they must never block)."""
