@@ -43,7 +43,8 @@ class Channel(Protocol):
         """Periodic: enforce the channel's timeouts (``now`` is time.monotonic())."""
 
     def released(self) -> None:
-        """The loop dropped the channel: close the socket."""
+        """The loop dropped the channel: close the socket (idempotent: a remove that
+        races a stopping loop may release it twice)."""
 
 
 class IoLoop:
