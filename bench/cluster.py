@@ -88,7 +88,11 @@ def _broker_rf3(root: str) -> tuple[list[dict], float]:
         c.start()
         leader = c.wait_leaders()[1]
         _load(c.gateway(leader), 1.0, WINDOW, partition=1)  # warm-up
+        cpu0 = _cpu_seconds(c.procs[leader].pid)
         rounds = [_load(c.gateway(leader), DURATION, WINDOW, partition=1) for _ in range(ROUNDS)]
+        per_record = (_cpu_seconds(c.procs[leader].pid) - cpu0) / sum(
+            r["committed"] for r in rounds
+        )
         best = statistics.median(r["records_per_s"] for r in rounds)
         mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
         rows.append(
@@ -98,8 +102,10 @@ def _broker_rf3(root: str) -> tuple[list[dict], float]:
                 "records_s": best,
                 "p50_ms": mid["p50_ms"],
                 "p99_ms": mid["p99_ms"],
-                "note": f"{WINDOW} in flight; load process {mid['client_cpu_share']:.0%} of a "
-                "core; rounds " + ", ".join(f"{r['records_per_s']:,.0f}" for r in rounds),
+                "leader_cpu_us_per_record": per_record * 1e6,
+                "note": f"{WINDOW} in flight; leader {per_record * 1e6:.1f} us of CPU per record; "
+                f"load process {mid['client_cpu_share']:.0%} of a core; rounds "
+                + ", ".join(f"{r['records_per_s']:,.0f}" for r in rounds),
             }
         )
         half = _load(c.gateway(leader), DURATION, WINDOW, partition=1, rate=best / 2)
@@ -113,6 +119,7 @@ def _broker_rf3(root: str) -> tuple[list[dict], float]:
                 "note": "target p99 < 25 ms",
             }
         )
+        rows.append(_threads(c, leader))
         kill = _leader_kill_times(c, repeats=5)
         rows.append(
             {
@@ -161,6 +168,40 @@ def _broker_rf3_tls(root: str, plain: float) -> list[dict]:
             "note": "target p99 < 25 ms",
         },
     ]
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _threads(c: LocalCluster, leader: int, clients: int = 20) -> dict:
+    """The leader's thread count, idle and with ``clients`` client connections open:
+    the I/O model keeps it from growing with connections."""
+
+    def count() -> int:
+        return len(os.listdir(f"/proc/{c.procs[leader].pid}/task"))
+
+    idle = count()
+    opened = [BrokerClient(c.gateway(leader), route=False) for _ in range(clients)]
+    try:
+        for client in opened:
+            client.append("thread-count", partition=1)  # connected and served
+        busy = count()
+    finally:
+        for client in opened:
+            client.close()
+    return {
+        "id": "threads",
+        "case": "broker: threads of the leader",
+        "records_s": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "threads": {"idle": idle, f"with_{clients}_clients": busy},
+        "note": f"{idle} idle, {busy} with {clients} client connections open",
+    }
 
 
 def _leader_kill_times(c: LocalCluster, repeats: int) -> list[float]:
