@@ -13,7 +13,8 @@ from tests.helpers import wait_until
 
 
 class Echo:
-    """A channel that echoes what it reads, upper-cased; ``boom`` makes its reads fail."""
+    """A channel that echoes what it reads, upper-cased; with ``boom`` its handler
+    raises once something arrived."""
 
     def __init__(self, sock: socket.socket, loop: IoLoop, boom: bool = False):
         sock.setblocking(False)
@@ -28,12 +29,12 @@ class Echo:
 
     def readable(self) -> None:
         self.threads.add(threading.current_thread().name)
-        if self.boom:
-            raise RuntimeError("a bug in a handler")
         try:
             data = self.sock.recv(65536)
         except BlockingIOError:
-            return
+            return  # (the loop reads a channel once when it is added)
+        if self.boom:
+            raise RuntimeError("a bug in a handler")
         if not data:
             self.loop.remove(self)
             return
