@@ -83,17 +83,17 @@ class IoLoop:
         """Serve ``channel`` from now on; the loop reads it once at once (a buffer may
         already hold data, e.g. decrypted TLS records the selector cannot see). A loop
         that has stopped releases it at once."""
-        if not self._request(self._adds.append, channel):
+        if not self._request("add", channel):
             channel.released()
 
     def want_write(self, channel: Channel) -> None:
         """``channel`` has output queued: the loop writes it."""
-        self._request(self._writes.add, channel)
+        self._request("write", channel)
 
     def remove(self, channel: Channel) -> None:
         """Stop serving ``channel``; the loop calls its ``released()`` (a stopping loop
         releases all it has; one that never ran or has ended, this thread does)."""
-        if not self._request(self._removes.add, channel) and not self._thread.is_alive():
+        if not self._request("remove", channel) and not self._thread.is_alive():
             channel.released()
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
@@ -115,12 +115,20 @@ class IoLoop:
     def thread(self) -> threading.Thread:
         return self._thread
 
-    def _request(self, put, channel: Channel) -> bool:
+    def _request(self, kind: str, channel: Channel) -> bool:
         """Queue a request for the loop and wake it; False if it has stopped."""
         with self._lock:
             if self._stopping:
                 return False
-            put(channel)
+            # The containers are looked up under the lock: the loop swaps them for
+            # new ones when it takes them, and an item put into one already taken
+            # would be lost (a connection whose answers are never written).
+            if kind == "add":
+                self._adds.append(channel)
+            elif kind == "write":
+                self._writes.add(channel)
+            else:
+                self._removes.add(channel)
             wake, self._woken = not self._woken, True
         if wake:
             self._wake()

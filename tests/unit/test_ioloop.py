@@ -129,3 +129,37 @@ def test_stopping_releases_every_channel_and_later_requests_are_refused_cleanly(
     theirs.close()
     for _, t in channels:
         t.close()
+
+
+def test_a_request_made_while_the_loop_takes_the_requests_is_kept():
+    """The loop takes pending requests by swapping their containers for new ones. A
+    sender that picked the container before taking the lock put its request into
+    the one already taken: it was lost, and a connection kept its answers queued and
+    never written (the 8-broker bench stalled for its whole deadline). Here the swap
+    happens exactly when the sender reaches the lock."""
+    lp = IoLoop("test-io")  # not started: the test plays the loop's part
+    ours, theirs = socket.socketpair()
+    channel = Echo(ours, lp)
+    real = lp._lock
+
+    class SwapWhenAcquired:
+        def __enter__(self):
+            with real:  # the loop takes what is pending, just now
+                lp._adds, lp._writes, lp._removes = [], set(), set()
+            real.acquire()
+
+        def __exit__(self, *exc):
+            real.release()
+
+    lp._lock = SwapWhenAcquired()
+    try:
+        lp.want_write(channel)
+        assert channel in lp._writes
+        lp.add(channel)
+        assert lp._adds == [channel]
+        lp.remove(channel)
+        assert channel in lp._removes
+    finally:
+        lp._lock = real
+    ours.close()
+    theirs.close()
