@@ -79,7 +79,7 @@ class _Gateway:
         self.decoder = decoder  # the handshake's: it may hold the first answers already
         self.out = bytearray()
         self.retry = 0  # TLS: a write that wanted to wait is retried with the same length
-        self.waiting: dict[int, float] = {}  # req_id -> when it was due
+        self.waiting: dict[int, tuple[float, int]] = {}  # req_id -> (when due, partition)
         self.closed = False
 
     def send(self) -> None:
@@ -159,6 +159,10 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
     ids = itertools.count(1)
     rr = itertools.cycle(targets)
     unanswered = 0
+    # Each partition gets its share of the window: a partition that lags would
+    # otherwise gather all of it, past what its gateway accepts in flight.
+    share = _share(load.inflight, targets)
+    busy = dict.fromkeys((p for p, _ in targets), 0)  # partition -> requests in flight
     give_up = load.timeout + DEADLINE_MARGIN
     cpu0 = _cpu()
     start = time.perf_counter()
@@ -172,13 +176,19 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
         if load.rate:
             due_limit = min(due_limit, int((now - start) * load.rate) + 1)
         while out.sent < due_limit and unanswered < load.inflight and now < stop_at:
-            partition, g = next(rr)
+            for _ in targets:
+                partition, g = next(rr)
+                if busy[partition] < share:
+                    break
+            else:
+                break  # every partition has its share in flight
+            busy[partition] += 1
             req_id = next(ids)
             body = {"op": "append", "data": load.payload, "timeout": load.timeout}
             if partition:
                 body["partition"] = partition
             g.out += encode_frame(Request(req_id, body))
-            g.waiting[req_id] = start + out.sent / load.rate if load.rate else now
+            g.waiting[req_id] = (start + out.sent / load.rate if load.rate else now, partition)
             out.sent += 1
             unanswered += 1
         finished = out.sent >= load.records or now >= stop_at
@@ -199,7 +209,7 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
             if mask & selectors.EVENT_WRITE:
                 g.send()
             if mask & selectors.EVENT_READ:
-                unanswered -= _answers(g, out)
+                unanswered -= _answers(g, out, busy)
         if any(g.closed for _, g in targets):  # its requests failed: go on without it
             for g in {g for _, g in targets if g.closed}:
                 unanswered -= len(g.waiting)
@@ -208,14 +218,15 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
                 selector.unregister(g.sock)
             targets = [(p, g) for p, g in targets if not g.closed]
             rr = itertools.cycle(targets)
+            share = _share(load.inflight, targets)
         # 3. requests past their deadline count as failed
         now = time.perf_counter()
         if now >= next_sweep:
             next_sweep = now + TICK
             for _, g in targets:
-                late = [r for r, t in g.waiting.items() if now - t > give_up]
+                late = [r for r, (due, _) in g.waiting.items() if now - due > give_up]
                 for r in late:
-                    del g.waiting[r]
+                    busy[g.waiting.pop(r)[1]] -= 1
                 unanswered -= len(late)
                 if late:
                     out.fail("DEADLINE_EXCEEDED", len(late))
@@ -224,15 +235,22 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
     return out
 
 
-def _answers(g: _Gateway, out: Outcome) -> int:
+def _share(inflight: int, targets: list) -> int:
+    """Requests one partition may have in flight: its part of the window, rounded up."""
+    return -(-inflight // len(targets)) if targets else inflight
+
+
+def _answers(g: _Gateway, out: Outcome, busy: dict[int, int]) -> int:
     """Settle the answers readable on ``g``; returns how many requests they settled."""
     now, settled = time.perf_counter(), 0
     for frame in g.receive():
         if type(frame) is not Response:
             continue
-        due = g.waiting.pop(frame.req_id, None)
-        if due is None:
+        waiting = g.waiting.pop(frame.req_id, None)
+        if waiting is None:
             continue  # counted as late already
+        due, partition = waiting
+        busy[partition] -= 1
         settled += 1
         body = frame.body
         if type(body) is dict and body.get("ok") is True:

@@ -738,3 +738,29 @@ def test_bench_routes_each_partition_to_its_leader_and_the_rest_to_the_first_add
     spec.partition = 2
     assert load.routes(doc, spec, fallback) == {2: (HOST, 7001)}
     assert load.routes({"brokers": []}, load.Load(1, b"x", 1, 1, 1), fallback) == {0: fallback}
+
+
+def test_bench_gives_each_partition_its_share_of_the_window():
+    """A partition that never answers holds at most its share of the window in flight
+    (not all of it, past what its gateway accepts); the others go on committing."""
+    from broker.ctl import load
+
+    class Lagging(FakeGateway):
+        def _on_request(self, conn, req_id, body):
+            if body.get("partition") == 2:
+                with self._lock:
+                    self.received.append(body)
+                return  # never answered
+            super()._on_request(conn, req_id, body)
+
+    gw = Lagging().start()
+    try:
+        doc = topology_document(gw.transport.port)
+        spec = load.Load(records=3000, payload=b"x", inflight=90, duration=1.0, timeout=0.5)
+        outcome = load.run(gw.address, "dual-region", doc, spec)
+    finally:
+        gw.stop()
+    to_lagging = [b for b in gw.received if b.get("partition") == 2]
+    assert 0 < len(to_lagging) <= 30 * 2  # its share of 90 over 3, sent again after timeouts
+    assert len(outcome.latencies) > 1000  # partitions 1 and 3 kept committing
+    assert outcome.errors == {"DEADLINE_EXCEEDED": len(to_lagging)}
