@@ -32,12 +32,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, NamedTuple
 
-from broker.partition import APPEND, CAS, PUT, key_partition
+from broker.partition import APPEND, CAS, PUT, encode_appends, key_partition
 from broker.partition import encode as encode_command
 from broker.tls import describe_failure
 from broker.transport import RECV_SIZE, TlsStream, connect_client
 from broker.wire import (
     HEADER_SIZE,
+    MAX_APPEND_RECORDS,
     MAX_FRAME_SIZE,
     FrameDecoder,
     ProtocolError,
@@ -155,6 +156,18 @@ class Appended(NamedTuple):
     position: int
 
 
+class AppendedMany(NamedTuple):
+    """Records appended by one request: at ``first`` .. ``first + count - 1``."""
+
+    partition: int
+    first: int
+    count: int
+
+    @property
+    def positions(self) -> range:
+        return range(self.first, self.first + self.count)
+
+
 class Records(NamedTuple):
     partition: int
     records: list[tuple[int, bytes]]
@@ -179,6 +192,8 @@ def _command_size(body: dict) -> int:
     """Bytes of the command a gateway would propose for ``body`` (0: none that
     can be large), encoded as the gateway encodes it."""
     op = body.get("op")
+    if op == "append" and "records" in body:
+        return len(encode_appends(body["records"]))
     if op == "append":
         return len(encode_command(APPEND, body.get("data")))
     if op == "put":
@@ -196,6 +211,8 @@ def _too_large(body: dict) -> str | None:
         for k in ("data", "key", "value", "expected")
         if isinstance(v := body.get(k), bytes | str)
     )
+    records = body.get("records") or ()
+    rough += sum(map(len, records)) + 16 * len(records)  # ~13 bytes of encoding each
     limit = max_command_size(MAX_FRAME_SIZE)
     if rough + 64 <= limit:  # the encoding adds at most ~20 bytes
         return None
@@ -472,6 +489,26 @@ class BrokerClient:
 
     def append(self, data: str | bytes, partition: int | None = None) -> Appended:
         return self.append_async(data, partition).result()
+
+    def append_many_async(
+        self, records: Iterable[str | bytes], partition: int | None = None
+    ) -> Future:
+        """Append records in one request (at most ``MAX_APPEND_RECORDS``): they commit
+        together, at consecutive positions, on one partition; the future's result is
+        ``AppendedMany(partition, first, count)``. One request costs the broker about
+        what one record does, so batching what is ready is the fast way to write."""
+        data = [_as_bytes(r, "record") for r in records]
+        if not 1 <= len(data) <= MAX_APPEND_RECORDS:
+            raise ValueError(f"append 1..{MAX_APPEND_RECORDS} records at a time, not {len(data)}")
+        if partition is None and self._route:
+            partition = self._pick_partition()
+        body = {"op": "append", "records": data, "partition": partition}
+        return self._submit(body, lambda r: AppendedMany(r["partition"], r["position"], r["count"]))
+
+    def append_many(
+        self, records: Iterable[str | bytes], partition: int | None = None
+    ) -> AppendedMany:
+        return self.append_many_async(records, partition).result()
 
     def read(self, partition: int, from_position: int = 1, max_records: int = 1000) -> Records:
         """Committed records from ``from_position`` on (positions start at 1)."""

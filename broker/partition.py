@@ -37,6 +37,13 @@ def encode(op: str, *args) -> bytes:
     return msgpack.packb([op, *args], use_bin_type=True)
 
 
+def encode_appends(records: list[bytes]) -> bytes:
+    """One append command per record, back to back: proposed as one, they land in
+    one entry, so on disk they are the same as appends proposed one by one."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return b"".join([pack([APPEND, record]) for record in records])
+
+
 def _bad(exc: Exception) -> dict:
     return {"ok": False, "code": "INVALID_ARGUMENT", "message": f"bad command: {exc}"}
 

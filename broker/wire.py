@@ -49,7 +49,11 @@ HANDSHAKE_MAX_FRAME = 4096
 MAX_CLUSTER_NAME = 255  # characters of the cluster name in a HELLO
 # Decoding limits of the bodies whose shape is not fixed (REQUEST, RESPONSE, GOSSIP):
 MAX_NESTING = 32  # arrays and maps inside one another
-REQUEST_MAX_ITEMS = 64  # entries of any map or array in a REQUEST body
+REQUEST_MAX_ITEMS = 64  # entries of any map in a REQUEST body
+# Items of any array in a REQUEST body: the records of an append (MAX_APPEND_RECORDS).
+# Each item takes at least a byte of the frame, so this bounds nothing the frame
+# size does not; the count of containers stays bounded below.
+REQUEST_MAX_ARRAY = 10_000
 REQUEST_MAX_CONTAINERS = 64  # maps and arrays in a REQUEST body, all together
 SMALL_REQUEST = 4096  # bytes: containers counted after decoding, not during
 
@@ -419,6 +423,11 @@ REPLICATION_OVERHEAD = _replication_overhead()
 # partition's leader (a GOSSIP frame: the link's envelope, the field names, the
 # partition, the deadline); measured at about 100 bytes, this leaves a margin.
 FORWARD_OVERHEAD = 256
+# Records one append request may carry (``records``). They are proposed together
+# (one entry, consecutive positions), so a client that batches its appends pays
+# the request's decoding, routing and answer once for all of them. Their commands
+# together are bounded like any other command (``max_command_size``).
+MAX_APPEND_RECORDS = REQUEST_MAX_ARRAY
 
 
 def max_command_size(max_frame_size: int = MAX_FRAME_SIZE) -> int:
@@ -599,7 +608,7 @@ class _Counter:
 # A small body cannot hold a string longer than itself (the unpacker checks what is
 # left of the buffer), so one limit serves every small request: no dict per request.
 _SMALL_REQUEST_LIMITS = {
-    "max_array_len": REQUEST_MAX_ITEMS,
+    "max_array_len": REQUEST_MAX_ARRAY,
     "max_map_len": REQUEST_MAX_ITEMS,
     "max_str_len": SMALL_REQUEST,
     "max_bin_len": SMALL_REQUEST,
@@ -618,7 +627,7 @@ def _unpack_limits(frame_type: int, size: int) -> dict:
         # calls on every ordinary request.
         counter = _Counter(REQUEST_MAX_CONTAINERS, "REQUEST")
         limits = {
-            "max_array_len": REQUEST_MAX_ITEMS,
+            "max_array_len": REQUEST_MAX_ARRAY,
             "max_map_len": REQUEST_MAX_ITEMS,
             "max_str_len": size,
             "max_bin_len": size,

@@ -27,6 +27,7 @@ from broker.ctl.options import (
     connection_options,
     count,
     positive,
+    records_per_request,
 )
 
 __all__ = ["add_global_options", "printable", "register"]
@@ -121,12 +122,20 @@ def register(subparsers) -> None:
         "pipelined write load: records/s, MB/s and latency percentiles",
         "Append --records records of --size bytes, keeping up to --inflight in flight on one "
         "connection per leader gateway (one thread, so the load generator stays cheap), and stop "
-        "submitting after --duration seconds. Latency is timed per request from when it was due. "
-        "Exit 1 if any record failed.",
+        "submitting after --duration seconds. With --batch N, the records due for a partition "
+        "go in one request, up to N (each still gets its own position). Latency is timed per "
+        "record from when it was due. Exit 1 if any record failed.",
     )
     p.add_argument("--records", type=count, default=10_000, help="default: 10000")
     p.add_argument("--size", type=count, default=100, help="record size in bytes (default: 100)")
     p.add_argument("--inflight", type=count, default=64, help="default: 64")
+    p.add_argument(
+        "--batch",
+        type=records_per_request,
+        default=1,
+        metavar="N",
+        help="records per request at most, 1..10000 (default: 1)",
+    )
     p.add_argument(
         "--partition", type=int, metavar="N", help="target partition (default: round-robin)"
     )

@@ -175,6 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         partition=args.partition,
         rate=args.rate,
+        batch=args.batch,
     )
     try:
         outcome = load.run(args.address, args.cluster_name, topology, spec, tls_context(args))
@@ -206,6 +207,7 @@ def _bench_report(outcome: load.Outcome, size: int) -> dict:
     committed = len(latencies)
     return {
         "sent": outcome.sent,
+        "requests": outcome.requests,
         "committed": committed,
         "errors": outcome.errors,
         "seconds": elapsed,

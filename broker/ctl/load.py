@@ -11,9 +11,14 @@ Routing is the smart client's: the topology names each partition's leader
 and every append goes straight to it (a partition whose leader is unknown
 goes to the first address given, whose gateway forwards it).
 
-Latency is measured from the moment a request was due: paced runs
-(``rate``) keep their schedule whatever the latency (an open loop), so a
-slow answer delays nothing and is counted in full.
+With ``batch`` above 1, the records due for a partition when the loop comes
+round go in one request (``records``), up to ``batch`` of them: a client that
+batches what is ready, as Kafka's producer does, never waiting to fill a
+batch. Each record still gets its own position and its own latency.
+
+Latency is measured from the moment a record was due: paced runs (``rate``)
+keep their schedule whatever the latency (an open loop), so a slow answer
+delays nothing and is counted in full.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from broker.client import DEADLINE_MARGIN, _leaders_of, parse_addresses
 from broker.transport import RECV_SIZE, connect_client
 from broker.wire import (
+    MAX_APPEND_RECORDS,
     MAX_FRAME_SIZE,
     FrameDecoder,
     ProtocolError,
@@ -46,7 +52,7 @@ class Load:
     """What to send: ``records`` appends of ``payload``, at most ``inflight``
     unanswered, for at most ``duration`` seconds, paced at ``rate`` records/s
     if given; to ``partition``, or round-robin over the partitions that have
-    a leader."""
+    a leader; up to ``batch`` records per request."""
 
     records: int
     payload: bytes
@@ -55,11 +61,17 @@ class Load:
     timeout: float
     partition: int | None = None
     rate: float | None = None
+    batch: int = 1
+
+    def __post_init__(self):
+        if not 1 <= self.batch <= MAX_APPEND_RECORDS:
+            raise ValueError(f"batch must be 1..{MAX_APPEND_RECORDS}, got {self.batch}")
 
 
 @dataclass
 class Outcome:
-    sent: int = 0
+    sent: int = 0  # records
+    requests: int = 0
     latencies: list[float] = field(default_factory=list)  # seconds, of the committed
     errors: dict[str, int] = field(default_factory=dict)  # code -> records
     elapsed: float = 0.0
@@ -79,7 +91,9 @@ class _Gateway:
         self.decoder = decoder  # the handshake's: it may hold the first answers already
         self.out = bytearray()
         self.retry = 0  # TLS: a write that wanted to wait is retried with the same length
-        self.waiting: dict[int, tuple[float, int]] = {}  # req_id -> (when due, partition)
+        # req_id -> (when its first record was due, seconds between records' due
+        # times, partition, records)
+        self.waiting: dict[int, tuple[float, float, int, int]] = {}
         self.closed = False
 
     def send(self) -> None:
@@ -158,11 +172,12 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
     out = Outcome()
     ids = itertools.count(1)
     rr = itertools.cycle(targets)
-    unanswered = 0
+    unanswered = 0  # records
     # Each partition gets its share of the window: a partition that lags would
     # otherwise gather all of it, past what its gateway accepts in flight.
     share = _share(load.inflight, targets)
-    busy = dict.fromkeys((p for p, _ in targets), 0)  # partition -> requests in flight
+    busy = dict.fromkeys((p for p, _ in targets), 0)  # partition -> records in flight
+    step = 1 / load.rate if load.rate else 0.0
     give_up = load.timeout + DEADLINE_MARGIN
     cpu0 = _cpu()
     start = time.perf_counter()
@@ -182,15 +197,26 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
                     break
             else:
                 break  # every partition has its share in flight
-            busy[partition] += 1
+            n = min(
+                load.batch,
+                due_limit - out.sent,
+                load.inflight - unanswered,
+                share - busy[partition],
+            )
+            busy[partition] += n
             req_id = next(ids)
-            body = {"op": "append", "data": load.payload, "timeout": load.timeout}
+            body = {"op": "append", "timeout": load.timeout}
+            if load.batch == 1:
+                body["data"] = load.payload
+            else:
+                body["records"] = [load.payload] * n
             if partition:
                 body["partition"] = partition
             g.out += encode_frame(Request(req_id, body))
-            g.waiting[req_id] = (start + out.sent / load.rate if load.rate else now, partition)
-            out.sent += 1
-            unanswered += 1
+            g.waiting[req_id] = (start + out.sent * step if step else now, step, partition, n)
+            out.sent += n
+            out.requests += 1
+            unanswered += n
         finished = out.sent >= load.records or now >= stop_at
         if finished and not unanswered:
             break
@@ -212,8 +238,9 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
                 unanswered -= _answers(g, out, busy)
         if any(g.closed for _, g in targets):  # its requests failed: go on without it
             for g in {g for _, g in targets if g.closed}:
-                unanswered -= len(g.waiting)
-                out.fail("UNAVAILABLE", len(g.waiting))
+                lost = sum(w[3] for w in g.waiting.values())
+                unanswered -= lost
+                out.fail("UNAVAILABLE", lost)
                 g.waiting.clear()
                 selector.unregister(g.sock)
             targets = [(p, g) for p, g in targets if not g.closed]
@@ -223,13 +250,13 @@ def _drive(selector: selectors.BaseSelector, targets: list, load: Load) -> Outco
         now = time.perf_counter()
         if now >= next_sweep:
             next_sweep = now + TICK
-            for _, g in targets:
-                late = [r for r, (due, _) in g.waiting.items() if now - due > give_up]
+            for g in {g for _, g in targets}:
+                late = [r for r, w in g.waiting.items() if now - w[0] > give_up]
                 for r in late:
-                    busy[g.waiting.pop(r)[1]] -= 1
-                unanswered -= len(late)
-                if late:
-                    out.fail("DEADLINE_EXCEEDED", len(late))
+                    _, _, partition, n = g.waiting.pop(r)
+                    busy[partition] -= n
+                    unanswered -= n
+                    out.fail("DEADLINE_EXCEEDED", n)
     out.elapsed = time.perf_counter() - start
     out.cpu_s = _cpu() - cpu0
     return out
@@ -241,7 +268,7 @@ def _share(inflight: int, targets: list) -> int:
 
 
 def _answers(g: _Gateway, out: Outcome, busy: dict[int, int]) -> int:
-    """Settle the answers readable on ``g``; returns how many requests they settled."""
+    """Settle the answers readable on ``g``; returns how many records they settled."""
     now, settled = time.perf_counter(), 0
     for frame in g.receive():
         if type(frame) is not Response:
@@ -249,14 +276,19 @@ def _answers(g: _Gateway, out: Outcome, busy: dict[int, int]) -> int:
         waiting = g.waiting.pop(frame.req_id, None)
         if waiting is None:
             continue  # counted as late already
-        due, partition = waiting
-        busy[partition] -= 1
-        settled += 1
+        due, step, partition, n = waiting
+        busy[partition] -= n
+        settled += n
         body = frame.body
-        if type(body) is dict and body.get("ok") is True:
-            out.latencies.append(now - due)
+        if type(body) is dict and body.get("ok") is True and body.get("count", 1) == n:
+            if n == 1:
+                out.latencies.append(now - due)
+            else:
+                out.latencies.extend([now - due - k * step for k in range(n)])
+        elif type(body) is dict and body.get("ok") is True:
+            out.fail("WRONG_COUNT", n)  # a broker that appended another number of records
         else:
-            out.fail(str(body.get("code", "UNKNOWN")) if type(body) is dict else "UNKNOWN")
+            out.fail(str(body.get("code", "UNKNOWN")) if type(body) is dict else "UNKNOWN", n)
     return settled
 
 

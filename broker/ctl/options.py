@@ -9,6 +9,7 @@ import urllib.parse
 
 from broker.client import DEFAULT_ADDRESS, DEFAULT_CLUSTER, parse_addresses
 from broker.tls import TlsSetupError, client_context
+from broker.wire import MAX_APPEND_RECORDS
 
 DEFAULT_MANAGEMENT = "http://127.0.0.1:9600"
 
@@ -30,6 +31,13 @@ def count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def records_per_request(text: str) -> int:
+    value = count(text)
+    if value > MAX_APPEND_RECORDS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_APPEND_RECORDS} records per request")
     return value
 
 

@@ -33,7 +33,7 @@ from broker import partition as sm
 from broker.node.seams import AnswerLost, Link, Partitions
 from broker.raft.core import ProposalRejected
 from broker.raft.messages import MAX_NODE_ID, MAX_PRIORITY, MAX_VOTERS, Configuration
-from broker.wire import MAX_FRAME_SIZE, command_too_large, max_command_size
+from broker.wire import MAX_APPEND_RECORDS, MAX_FRAME_SIZE, command_too_large, max_command_size
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ ERROR_CODES = frozenset(
 FORWARDED_FIELDS = (
     "op",
     "data",
+    "records",
     "partition",
     "from",
     "max",
@@ -172,12 +173,21 @@ def code_label(result: dict) -> str:
 class Parsed:
     """A valid request: its op, partition (None: any, or topology), command (the
     bytes to propose, a function of the Raft core for control commands, None for
-    topology) and its own timeout (None: the gateway's)."""
+    topology), its own timeout (None: the gateway's) and how many commands the
+    bytes hold (an append of many records holds one per record: ``commands``)."""
 
     op: str
     partition: int | None
     command: Any
     timeout: float | None
+    count: int = 1
+
+
+def commands(body: dict) -> int:
+    """How many commands a validated request proposes: one per record of an
+    append of ``records``, else one."""
+    records = body.get("records")
+    return len(records) if type(records) is list and body.get("op") == "append" else 1
 
 
 def parse_request(
@@ -204,12 +214,35 @@ def parse_request(
         )
     if op == "topology":
         return Parsed(op, None, None, timeout)
-    pid, command = _command(op, body, partitions_count)
+    count = 1
+    if op == "append" and "records" in body:
+        pid, command, count = _append_many(body, partitions_count)
+    else:
+        pid, command = _command(op, body, partitions_count)
     if type(command) is bytes:
         limit = max_command_size(max_frame_size)
         if len(command) > limit:
             raise RequestError("INVALID_ARGUMENT", command_too_large(len(command), max_frame_size))
-    return Parsed(op, pid, command, timeout)
+    return Parsed(op, pid, command, timeout, count)
+
+
+def _append_many(body: dict, p: int) -> tuple[int | None, bytes, int]:
+    """An append of ``records`` (instead of ``data``): one append command per record,
+    proposed as one (so they commit in one entry, at consecutive positions)."""
+    if "data" in body:
+        raise RequestError("INVALID_ARGUMENT", "an append carries 'data' or 'records', not both")
+    records = body["records"]
+    if type(records) is not list or not 1 <= len(records) <= MAX_APPEND_RECORDS:
+        raise RequestError(
+            "INVALID_ARGUMENT", f"'records' must be a list of 1..{MAX_APPEND_RECORDS} records"
+        )
+    pid = _partition(body, p, optional=True)
+    kinds = set(map(type, records))
+    if not kinds <= {bytes, str}:
+        raise RequestError("INVALID_ARGUMENT", "every record in 'records' must be bytes")
+    if str in kinds:
+        records = [_need({"record": r}, "record", bytes) for r in records]
+    return pid, sm.encode_appends(records), len(records)
 
 
 def _partition(body: dict, p: int, optional: bool = False) -> int | None:
@@ -514,7 +547,15 @@ class Gateway:
 
             runner.call(command).add_done_callback(called)
         else:
-            runner.propose(command, done)
+            count = commands(body)
+            if count > 1:
+                runner.propose(command, done, count)
+            elif (
+                body.get("op") == "append" and "records" in body
+            ):  # one record: its answer says so like any other's
+                runner.propose(command, lambda r: done({**r, "count": 1} if r.get("ok") else r))
+            else:
+                runner.propose(command, done)
 
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
         remaining = max(0.0, deadline - time.monotonic())

@@ -165,9 +165,10 @@ class PartitionRunner:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._inbox_lock = threading.Lock()
         self._inbox_bytes = 0
-        # entry index -> (term, [(done callback, t0) per command in the batch])
-        self._pending: dict[int, tuple[int, list[tuple[Callable, float]]]] = {}
-        self._batch: list[tuple[bytes, Callable, float]] = []  # proposals of this turn
+        # entry index -> (term, [(done callback, t0, commands) per proposal in the entry])
+        self._pending: dict[int, tuple[int, list[tuple[Callable, float, int]]]] = {}
+        # proposals of this turn: (command bytes, done, t0, how many commands they hold)
+        self._batch: list[tuple[bytes, Callable, float, int]] = []
         # Delayed flush: written but not yet fsynced, with what waits for the fsync.
         self._unflushed_entries = 0
         self._held: list = []  # messages_after_persist waiting for the fsync
@@ -367,12 +368,13 @@ class PartitionRunner:
             return
         self._inbox.put(msg)
 
-    def propose(self, command: bytes, done: Callable[[dict], None]) -> None:
-        """Propose ``command``; ``done(result)`` is called once, on the partition thread
-        (on the caller's thread, at once, when the inbox is full). Inside a
+    def propose(self, command: bytes, done: Callable[[dict], None], count: int = 1) -> None:
+        """Propose ``command`` (``count`` commands back to back: appends of many
+        records); ``done(result)`` is called once, on the partition thread (on the
+        caller's thread, at once, when the inbox is full). Inside a
         ``PROPOSALS.turn()`` the caller's proposals reach the inbox together when the
         turn ends."""
-        item = ("propose", command, done, time.perf_counter())
+        item = ("propose", command, done, time.perf_counter(), count)
         if not PROPOSALS.add(self, item):
             self.take([item])
 
@@ -612,17 +614,17 @@ class PartitionRunner:
             size += len(item[0])
         for chunk in chunks:
             try:
-                index = self.node.propose(b"".join(command for command, _, _ in chunk))
+                index = self.node.propose(b"".join([item[0] for item in chunk]))
             except NotLeader as exc:
                 refusal = {"ok": False, "code": "NOT_LEADER", "leader": exc.leader}
-                for _, done, _ in chunk:
-                    done(refusal)
+                for item in chunk:
+                    item[1](refusal)
                 continue
             except ProposalRejected as exc:
-                for _, done, _ in chunk:
-                    done(_not_committed(str(exc)))
+                for item in chunk:
+                    item[1](_not_committed(str(exc)))
                 continue
-            self._pending[index] = (self.node.term, [(done, t0) for _, done, t0 in chunk])
+            self._pending[index] = (self.node.term, [item[1:] for item in chunk])
 
     def _process_ready(self) -> None:
         node = self.node
@@ -717,13 +719,18 @@ class PartitionRunner:
             term, futures = waiting
             if e.term != term:
                 lost = _not_committed("leadership changed before the entry committed")
-                for done, _ in futures:
+                for done, _, _ in futures:
                     done(lost)
                 continue
-            for (done, t0), result in zip(futures, results, strict=False):
+            at = 0  # the first result of each proposal
+            for done, t0, count in futures:
                 if latency is not None:
                     latency.observe(now - t0)
-                done(result)
+                if count == 1 and at < len(results):
+                    done(results[at])
+                else:
+                    done(_combined(results[at : at + count], count))
+                at += count
         if applied and self.metrics:
             self.metrics.records_committed.labels(self._label).inc(applied)
         self.node.log.release(min(self.journal.durable_index, state.applied_index), LOG_CACHE_BYTES)
@@ -798,7 +805,7 @@ class PartitionRunner:
         # Entries that were proposed may still commit elsewhere: outcome unknown.
         self._answer_pending(_unavailable(f"partition {pid} stopped: {self.failure}"))
         batch, self._batch = self._batch, []
-        for _, done, _ in batch:  # never proposed
+        for _, done, _, _ in batch:  # never proposed
             done(_error(self._failure_code, self._stopped_message()))
         # Unflushed entries are not acknowledged and never will be by this instance.
         self._held, self._held_persist, self._flush_due = [], None, None
@@ -888,7 +895,7 @@ class PartitionRunner:
     def _answer_pending(self, result: dict) -> None:
         pending, self._pending = self._pending, {}
         for _, waiting in pending.values():
-            for done, _ in waiting:
+            for done, _, _ in waiting:
                 done(result)
 
     def _refresh_status(self) -> None:
@@ -1003,6 +1010,23 @@ def _error(code: str, message: str) -> dict:
 def _unavailable(message: str) -> dict:
     """The outcome is unknown: the entry may still commit."""
     return {"ok": False, "code": "UNAVAILABLE", "message": message}
+
+
+def _combined(results: list[dict], count: int) -> dict:
+    """The answer to a proposal of ``count`` commands (appends of many records): the
+    first position and the count, their positions being consecutive (they were
+    applied together); or the first failure."""
+    if len(results) < count:  # the entry's tail did not decode (never for our own)
+        return results[-1] if results else _bad_entry()
+    for result in results:
+        if not result.get("ok"):
+            return result
+    first = results[0]
+    return {**first, "count": len(results)}
+
+
+def _bad_entry() -> dict:
+    return {"ok": False, "code": "INVALID_ARGUMENT", "message": "bad command: not applied"}
 
 
 def _not_committed(message: str) -> dict:

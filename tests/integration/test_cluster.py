@@ -344,3 +344,44 @@ def test_forwarding_uses_the_internal_link_and_clients_cannot_send_control_comma
     after = c.get_json(leader, "/actuator/partitions")["1"]
     assert after["voters"] == before["voters"] == [0, 1, 2]
     assert after["term"] == before["term"]
+
+
+def test_appends_of_many_records_commit_at_consecutive_positions_and_survive_a_restart(cluster):
+    """``records``: one request, one answer, every record at its own position, read back
+    in order, through the leader or forwarded by a follower, and still there (same
+    positions) after every broker was killed and restarted."""
+    c = cluster(size=3, partitions=2, replication_factor=3)
+    c.start()
+    leaders = c.wait_leaders()
+    follower = next(i for i in range(3) if i != leaders[1])
+    expected: dict[int, list[bytes]] = {1: [], 2: []}
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        one = client.append(b"single", 1)
+        expected[1].append(b"single")
+        batch = [b"r%d" % i for i in range(500)]
+        many = client.append_many(batch, 1)
+        assert (many.partition, many.first, many.count) == (1, one.position + 1, 500)
+        expected[1] += batch
+        futures = [
+            client.append_many_async([b"p2-%d-%d" % (k, i) for i in range(7)], 2) for k in range(20)
+        ]
+        firsts = sorted(f.result().first for f in futures)
+        assert firsts == list(range(1, 141, 7))  # no overlap, no gap
+        expected[2] = [r for _, r in read_all(client, 2)]
+        assert sorted(expected[2]) == sorted(
+            b"p2-%d-%d" % (k, i) for k in range(20) for i in range(7)
+        )
+    with BrokerClient(c.gateway(follower), timeout=10, route=False) as client:
+        forwarded = client.append_many([b"via-follower", b"too"], 1)  # forwarded to the leader
+        assert forwarded.positions == range(502, 504)
+        expected[1] += [b"via-follower", b"too"]
+    for i in range(3):
+        c.kill(i)
+    c.start()
+    c.wait_leaders()
+    with BrokerClient(c.gateways(), timeout=10) as client:
+        for p in (1, 2):
+            records = read_all(client, p)
+            assert [r for _, r in records] == expected[p]
+            assert [pos for pos, _ in records] == list(range(1, len(expected[p]) + 1))
+        assert client.append_many([b"after"], 1) == (1, 504, 1)

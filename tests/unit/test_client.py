@@ -128,6 +128,11 @@ class FakeGateway:
                 self._round_robin += 1
             if partition not in self.logs:
                 return invalid(f"no partition {partition}")
+            if "records" in body:  # many at once: consecutive positions, like a broker's
+                self.logs[partition].extend(body["records"])
+                n = len(body["records"])
+                first = len(self.logs[partition]) - n + 1
+                return {"ok": True, "partition": partition, "position": first, "count": n}
             self.logs[partition].append(body["data"])
             return {"ok": True, "partition": partition, "position": len(self.logs[partition])}
         if op == "read":

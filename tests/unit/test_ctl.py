@@ -382,6 +382,39 @@ def test_bench_json_and_failures(brokerctl, gateway):
     assert "brokerctl: RESOURCE_EXHAUSTED: 20 records failed" in err
 
 
+def test_bench_batches_the_records_due_and_times_each_record(brokerctl, gateway):
+    code, out, _ = brokerctl(
+        "bench", "--records", "1000", "--size", "10", "--inflight", "200", "--batch", "64", "--json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert report["committed"] == report["sent"] == 1000 and report["errors"] == {}
+    assert sum(len(log) for log in gateway.logs.values()) == 1000
+    appends = [b for b in gateway.received if b["op"] == "append"]
+    assert report["requests"] == len(appends) < 1000 / 4  # 1000 records, few requests
+    assert max(len(b["records"]) for b in appends) == 64
+    assert all("data" not in b for b in appends)
+
+
+def test_bench_counts_a_batch_answered_for_another_count_as_failed(brokerctl, gateway):
+    real = gateway.answer
+
+    def short(body):
+        answer = real(body)
+        if answer.get("count", 1) > 1:
+            answer["count"] -= 1  # a broker that says it appended one record less
+        return answer
+
+    gateway.answer = short
+    code, _, err = brokerctl("bench", "--records", "40", "--inflight", "40", "--batch", "40")
+    assert code == 1 and "WRONG_COUNT: 40 records failed" in err
+
+
+def test_bench_refuses_a_batch_over_the_request_limit(brokerctl, gateway):
+    code, _, err = brokerctl("bench", "--batch", "10001")
+    assert code == 2 and "at most 10000 records per request" in err
+
+
 def test_bench_without_a_cluster_fails_before_measuring(brokerctl, gateway):
     gateway.error = ("UNAVAILABLE", "no leader")
     assert brokerctl("bench", "--records", "10") == (1, "", "brokerctl: UNAVAILABLE: no leader\n")

@@ -154,7 +154,7 @@ class Leader:
     def is_leader(self) -> bool:
         return True
 
-    def propose(self, command: bytes, done) -> None:
+    def propose(self, command: bytes, done, count: int = 1) -> None:
         self.commands.append(command)
         done({"ok": True, "partition": 1, "position": len(self.commands)})
 
