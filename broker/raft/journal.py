@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from struct import Struct
 
-from broker.fsutil import FILE_MODE, CorruptFileError, make_private_dirs
+from broker.fsutil import FILE_MODE, CorruptFileError, discard, make_private_dirs, sweep_trash
 from broker.raft.messages import Entry, EntryKind
 
 log = logging.getLogger(__name__)
@@ -367,12 +367,13 @@ class Journal:
 
     def _delete(self, seg: _Segment) -> None:
         os.close(seg.fd)
-        os.unlink(seg.path)
+        discard(seg.path)  # unlinking a full segment would stall the partition thread
         if seg in self._dirty:
             self._dirty.remove(seg)
         self._dir_dirty = True
 
     def _recover(self) -> RecoveryReport:
+        sweep_trash(self.directory)
         names = sorted(n for n in os.listdir(self.directory) if _NAME.match(n))
         report = RecoveryReport()
         expected = None  # the index the next segment must start at

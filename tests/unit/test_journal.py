@@ -2,10 +2,11 @@ import logging
 import os
 import random
 import stat
+import threading
 
 import pytest
 
-from broker.fsutil import CorruptFileError
+from broker.fsutil import TRASH_SUFFIX, CorruptFileError, wait_discarded
 from broker.raft.journal import _HEADER, _RECORD, Journal, NewerFormatError, RecoveryReport
 from broker.raft.messages import Entry, EntryKind
 
@@ -408,6 +409,30 @@ def test_write_error_leaves_no_partial_record(tmp_path, monkeypatch):
         assert list(j) == make(1, 6)
 
 
+def test_compaction_discards_segments_without_unlinking_them_on_the_callers_thread(
+    tmp_path, monkeypatch
+):
+    """Freeing a full segment's blocks takes tens of ms: the partition thread only
+    renames it; the background unlinker frees it."""
+    unlinked_by = []
+    real = os.unlink
+    monkeypatch.setattr(
+        os, "unlink", lambda path: (unlinked_by.append(threading.current_thread()), real(path))
+    )
+    with Journal(tmp_path, segment_size=200) as j:
+        j.append(make(1, 40))
+        j.flush()
+        segments = sorted(p.name for p in tmp_path.glob("*.seg"))
+        assert len(segments) > 2
+        assert j.compact(30) >= 2
+        assert wait_discarded()
+        left = sorted(p.name for p in tmp_path.glob("*.seg"))
+        assert left == segments[len(segments) - len(left) :]
+        assert not list(tmp_path.glob(f"*{TRASH_SUFFIX}"))
+        assert unlinked_by and threading.main_thread() not in unlinked_by
+        assert [e.index for e in j.read(j.first_index, 40)][-1] == 39
+
+
 def test_failed_fsync_closes_the_journal(tmp_path):
     broken = False
 
@@ -448,6 +473,7 @@ class CrashDisk:
         self.durable: dict[str, bytes] = {}
         self.before_sync = None
         self._unlink = os.unlink
+        self._rename = os.rename
 
     def fsync(self, fd):
         if self.before_sync:
@@ -460,12 +486,21 @@ class CrashDisk:
         self.durable.pop(os.path.realpath(path), None)
         self._unlink(path)
 
+    def rename(self, src, dst):
+        # a discarded segment: out of the journal at once (its unlink follows later)
+        self.durable.pop(os.path.realpath(src), None)
+        self._rename(src, dst)
+
     def image(self, dst):
         """Each file cut back to its durable content, plus a partial record of junk
         where unsynced writes were in flight. Returns whether any junk was added."""
         dst.mkdir()
         any_junk = False
+        # A discarded segment may or may not be unlinked yet: the crash leaves one.
+        (dst / f"{0:020d}.seg{TRASH_SUFFIX}").write_bytes(self.rng.randbytes(40))
         for path in sorted(self.live.iterdir()):
+            if path.name.endswith(TRASH_SUFFIX):
+                continue
             live = path.read_bytes()
             kept = self.durable.get(str(path.resolve()), b"")
             junk = b""
@@ -484,6 +519,7 @@ def test_crash_keeps_exactly_the_flushed_entries(tmp_path, monkeypatch, seed):
     live = tmp_path / "live"
     disk = CrashDisk(live, rng)
     monkeypatch.setattr(os, "unlink", disk.unlink)
+    monkeypatch.setattr(os, "rename", disk.rename)
     checks = []  # (image, junk added, first index, entries that must / may survive)
 
     def crash(must, may, first):
@@ -536,6 +572,8 @@ def test_crash_keeps_exactly_the_flushed_entries(tmp_path, monkeypatch, seed):
             assert recovered.last_index == first + len(got) - 1
             if not junk:
                 assert recovered.recovery == RecoveryReport(), image
+    assert wait_discarded()
+    assert not [p for p in tmp_path.rglob(f"*{TRASH_SUFFIX}")]  # swept at open
 
 
 def test_read_with_a_byte_budget_stops_at_whole_entries(tmp_path):
