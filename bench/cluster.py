@@ -361,5 +361,41 @@ def _with_hog(root: str, broker_idle: float, pysyncobj_idle: float) -> list[dict
     ]
 
 
+# The keys of ``python -m bench cluster --json`` that DESIGN section 5 names -> row ids
+FIGURES = {
+    "broker3": "rf3",
+    "broker3_single": "rf3_single",
+    "broker3_half": "rf3_half",
+    "broker3_tls": "rf3_tls",
+    "broker3_tls_half": "rf3_tls_half",
+    "broker3_hog": "rf3_hog",
+    "pysyncobj_default": "pysyncobj_default",
+    "pysyncobj_tuned": "pysyncobj_tuned",
+    "pysyncobj_tuned_hog": "pysyncobj_hog",
+    "broker8_rf4": "dual_region",
+}
+
+
+def figures(rows: list[dict]) -> dict:
+    """The rows as the named figures: ``{records_per_s, p50_ms, p99_ms, ...ratios}``
+    each, ``leader_kill_s`` ``{median, max}`` and the leader's ``threads``."""
+    by_id = {r["id"]: r for r in rows}
+    out: dict = {}
+    for key, row_id in FIGURES.items():
+        row = by_id.get(row_id)
+        if row is None:
+            continue
+        figure = {"records_per_s": row["records_s"]}
+        figure.update({k: row[k] for k in ("p50_ms", "p99_ms") if row.get(k) is not None})
+        figure.update(row.get("ratios") or {})
+        out[key] = figure
+    if "leader_kill" in by_id:
+        kill = by_id["leader_kill"]
+        out["leader_kill_s"] = {"median": kill["p50_ms"] / 1000, "max": kill["p99_ms"] / 1000}
+    if "threads" in by_id:
+        out["threads"] = by_id["threads"]["threads"]
+    return out
+
+
 def summary(rows: list[dict]) -> list[str]:
     return [f"{r['case']}: {r['note']}" for r in rows if "x" in r["note"] or "target" in r["note"]]

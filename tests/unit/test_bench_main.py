@@ -33,6 +33,27 @@ def test_json_prints_one_document_with_every_row(monkeypatch, capsys):
     assert "never printed" not in out
 
 
+def test_cluster_json_carries_the_figures_design_names(monkeypatch, capsys):
+    import bench.cluster as cluster
+
+    rows = [
+        {"id": "rf3", "records_s": 300.0, "p50_ms": 3.0, "p99_ms": 6.0},
+        {"id": "rf3_half", "records_s": 150.0, "p50_ms": 2.0, "p99_ms": 9.0},
+        {"id": "pysyncobj_tuned", "records_s": 60.0, "ratios": {"broker_vs_pysyncobj": 5.0}},
+        {"id": "leader_kill", "records_s": None, "p50_ms": 2400.0, "p99_ms": 2700.0},
+        {"id": "threads", "records_s": None, "threads": {"idle": 12}},
+    ]
+    monkeypatch.setattr(cluster, "run", lambda: rows)
+    bench_main.main(["cluster", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["broker3"] == {"records_per_s": 300.0, "p50_ms": 3.0, "p99_ms": 6.0}
+    assert doc["broker3_half"]["p99_ms"] == 9.0
+    assert doc["pysyncobj_tuned"] == {"records_per_s": 60.0, "broker_vs_pysyncobj": 5.0}
+    assert doc["leader_kill_s"] == {"median": 2.4, "max": 2.7}
+    assert doc["threads"] == {"idle": 12}
+    assert "broker8_rf4" not in doc  # a row that did not run is not made up
+
+
 def test_unknown_sections_are_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         bench_main.main(["nosuch", "--json"])
