@@ -67,6 +67,38 @@ def _role(info: dict, alive: bool, newest_leader_term: int) -> str:
     return role
 
 
+# Camunda's partition states (``TopologyResponse`` 8.9 and later) for ours in the
+# cluster configuration; the API also has "learner" and "recovering", which we never are.
+_PARTITION_STATES = {"ACTIVE": "active", "JOINING": "joining", "LEAVING": "leaving"}
+
+
+def _partition_state(config: tmodel.ClusterConfig | None, node_id: int, pid: int) -> str:
+    """The state of broker ``node_id``'s replica of ``pid`` in the cluster configuration,
+    as Camunda's topology names it: the operation a pending change is carrying out on
+    that replica (a join or a leave) first, else the configured state; "unknown" when the
+    configuration does not list the replica (or is not known yet)."""
+    if config is None:
+        return "unknown"
+    change = config.pending_change
+    if change is not None and change.pending:
+        op = change.pending[0]  # the one in progress; the rest wait for it
+        if op.broker_id == node_id and op.partition_id == pid:
+            if op.operation == tmodel.PARTITION_JOIN:
+                return "joining"
+            if op.operation == tmodel.PARTITION_LEAVE:
+                return "leaving"
+    member = config.members.get(node_id)
+    part = member.partitions.get(pid) if member is not None and member.state != "LEFT" else None
+    return _PARTITION_STATES.get(part.state, "unknown") if part is not None else "unknown"
+
+
+def _last_completed_change_id(config: tmodel.ClusterConfig | None) -> str:
+    """Camunda's ``lastCompletedChangeId``: the id of the last completed topology change
+    as a string, "-1" when none has completed (the value of Camunda's schema example)."""
+    last = config.last_change if config is not None else None
+    return str(last.id) if last is not None and last.status == "COMPLETED" else "-1"
+
+
 class Broker:
     def __init__(self, cfg: BrokerConfig):
         self.cfg = cfg
@@ -404,6 +436,8 @@ class Broker:
             for pid, info in parts.items():
                 if info.get("role") == "leader":
                     newest[pid] = max(newest.get(pid, 0), info.get("term", 0))
+        live = getattr(self, "topology_manager", None)  # the configuration, once running
+        config = live.config if live is not None else None
         for node_id in sorted(members):
             m = members[node_id]
             alive = self.peers.alive(node_id) if self.started.is_set() else node_id == self.node_id
@@ -411,8 +445,13 @@ class Broker:
             brokers.append(
                 {
                     "nodeId": node_id,
+                    # Camunda's zone-unaware form: the node id as a string.
+                    "brokerId": str(node_id),
                     "host": m.host,
                     "port": m.gateway_port,
+                    # Membership gossip carries no software version, so every broker
+                    # is reported with this broker's own.
+                    "version": __version__,
                     "region": m.region,
                     "alive": alive,
                     "partitions": [
@@ -420,24 +459,27 @@ class Broker:
                             "partitionId": pid,
                             "role": _role(info, alive, newest.get(pid, 0)),
                             "health": info.get("health", "unhealthy") if alive else "dead",
+                            "state": _partition_state(config, node_id, pid),
                             "term": info.get("term", 0),
                         }
                         for pid, info in sorted(parts.items())
                     ],
                 }
             )
-        live = getattr(self, "topology_manager", None)  # the configuration, once running
-        if live is not None:
-            cluster_size = len(live.config.active_members())
-            replication_factor = live.config.replication_factor()
+        if config is not None:
+            cluster_size = len(config.active_members())
+            replication_factor = config.replication_factor()
         else:
             cluster_size, replication_factor = c.cluster_size, c.replication_factor
         return {
             "brokers": brokers,
+            # The id /actuator/cluster reports; null until the configuration is loaded.
+            "clusterId": config.cluster_id if config is not None else None,
             "clusterSize": cluster_size,
             "partitionsCount": c.partitions_count,
             "replicationFactor": replication_factor,
             "gatewayVersion": __version__,
+            "lastCompletedChangeId": _last_completed_change_id(config),
         }
 
     def partitions(self) -> dict:

@@ -337,6 +337,33 @@ def get_topology(source: ManagementSource, req: Request) -> Response:
     return json_response(source.topology())
 
 
+def get_status(source: ManagementSource, req: Request) -> Response:
+    """Camunda's ``GET /v2/status``: 204 when every partition (1..partitionsCount) has a
+    healthy leader in this broker's ``/v2/topology`` view of the cluster, else 503
+    naming the partitions without a leader and those whose leader is not healthy."""
+    topology = source.topology()
+    leader_health: dict[int, list[str]] = {}  # partition -> health of each leader
+    for broker in topology.get("brokers", []):
+        for part in broker.get("partitions", []):
+            if part.get("role") == "leader":
+                leader_health.setdefault(part.get("partitionId"), []).append(part.get("health"))
+    partitions = range(1, topology.get("partitionsCount", 0) + 1)
+    leaderless = [p for p in partitions if p not in leader_health]
+    unhealthy = [
+        f"{p} ({'/'.join(map(str, leader_health[p]))})"
+        for p in partitions
+        if p in leader_health and "healthy" not in leader_health[p]
+    ]
+    if not leaderless and not unhealthy:
+        return empty_response(204)
+    problems = []
+    if leaderless:
+        problems.append("no leader for partition(s) " + ", ".join(map(str, leaderless)))
+    if unhealthy:
+        problems.append("the leader is not healthy for partition(s) " + ", ".join(unhealthy))
+    return error_response(503, "; ".join(problems))
+
+
 def get_partitions(source: ManagementSource, req: Request) -> Response:
     return json_response(source.partitions())
 
@@ -352,6 +379,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/actuator/health/readiness", _probe("ready")),
     Route("GET", "/actuator/health/liveness", _probe("live")),
     Route("GET", "/v2/topology", get_topology),
+    Route("GET", "/v2/status", get_status),
     Route("GET", "/actuator/partitions", get_partitions),
     Route("GET", "/actuator/prometheus", get_prometheus),
 )

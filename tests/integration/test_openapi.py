@@ -371,12 +371,17 @@ def check_reads(a: Api) -> None:
         assert a.call(1, "GET", f"/actuator/health{probe}", expect=200)["status"] == "UP"
     topology = a.call(0, "GET", "/v2/topology", expect=200)
     assert [b["nodeId"] for b in topology["brokers"]] == [0, 1, 2, 3]
+    assert [b["brokerId"] for b in topology["brokers"]] == ["0", "1", "2", "3"]
+    assert a.call(0, "GET", "/v2/status", expect=204) is None  # every partition led
     partitions = a.call(2, "GET", "/actuator/partitions", expect=200)
     assert sorted(partitions) == ["1", "2", "3", "4"]
     metrics = a.call(3, "GET", "/actuator/prometheus", expect=200)
     assert "# TYPE" in metrics
     doc = a.cluster_doc()
     assert doc["pendingChange"] is None and doc["partitionsCount"] == 4
+    assert topology["clusterId"] == doc["clusterId"] == "dual-region"
+    last = doc["lastChange"]
+    assert topology["lastCompletedChangeId"] == (str(last["id"]) if last else "-1")
     exporters = a.call(0, "GET", "/actuator/exporters", expect=200)
     assert exporters == [
         {"exporterId": "region0", "status": "ENABLED"},
@@ -453,6 +458,9 @@ def check_changes(a: Api) -> None:
     doc = a.wait_completed(answer["changeId"])
     assert doc["lastChange"]["status"] == "COMPLETED"
     assert sum(len(b["partitions"]) for b in doc["brokers"]) == 12
+    topology = a.call(0, "GET", "/v2/topology", expect=200)
+    assert topology["lastCompletedChangeId"] == str(doc["lastChange"]["id"])
+    assert topology["replicationFactor"] == 3
     plan = a.call(1, "DELETE", f"{brokers}/3?dryRun=true", expect=200)
     assert plan["plannedChanges"][-1] == {"operation": "BROKER_REMOVE", "brokerId": 3}
     answer = a.call(0, "POST", "/actuator/rebalance", expect=200)

@@ -25,15 +25,21 @@ TOPOLOGY = {
     "brokers": [
         {
             "nodeId": 0,
+            "brokerId": "0",
             "host": "127.0.0.1",
             "port": 26500,
-            "partitions": [{"partitionId": 1, "role": "leader", "health": "healthy"}],
+            "version": "0.1.0",
+            "partitions": [
+                {"partitionId": 1, "role": "leader", "health": "healthy", "state": "active"}
+            ],
         }
     ],
+    "clusterId": "dual-region",
     "clusterSize": 1,
     "partitionsCount": 1,
     "replicationFactor": 1,
     "gatewayVersion": "0.1.0",
+    "lastCompletedChangeId": "-1",
 }
 PARTITIONS = {
     "1": {"role": "LEADER", "processedPosition": 10, "exportedPosition": 9, "snapshotId": None}
@@ -45,6 +51,7 @@ class FakeSource:
         self.metrics = BrokerMetrics()
         self.state = {"startup": True, "ready": True, "live": True, "details": {"partitions": 1}}
         self.fail: Exception | None = None
+        self.topology_doc: dict[str, Any] = TOPOLOGY
 
     def health(self) -> dict[str, Any]:
         return dict(self.state)
@@ -52,7 +59,7 @@ class FakeSource:
     def topology(self) -> dict[str, Any]:
         if self.fail is not None:
             raise self.fail
-        return TOPOLOGY
+        return self.topology_doc
 
     def partitions(self) -> dict[str, Any]:
         return PARTITIONS
@@ -192,7 +199,74 @@ def test_topology(server):
     assert status == 200
     assert body == TOPOLOGY
     partition = body["brokers"][0]["partitions"][0]
-    assert set(partition) == {"partitionId", "role", "health"}
+    assert set(partition) == {"partitionId", "role", "health", "state"}
+
+
+def status_topology(*brokers: list[tuple[int, str, str]], partitions: int = 2) -> dict:
+    """A /v2/topology document: one list of (partitionId, role, health) per broker."""
+    return {
+        **TOPOLOGY,
+        "brokers": [
+            {
+                **TOPOLOGY["brokers"][0],
+                "nodeId": i,
+                "brokerId": str(i),
+                "partitions": [
+                    {"partitionId": pid, "role": role, "health": health, "state": "active"}
+                    for pid, role, health in parts
+                ],
+            }
+            for i, parts in enumerate(brokers)
+        ],
+        "clusterSize": len(brokers),
+        "partitionsCount": partitions,
+    }
+
+
+def test_status_is_204_when_every_partition_has_a_healthy_leader(server, source):
+    source.topology_doc = status_topology(
+        [(1, "leader", "healthy"), (2, "follower", "healthy")],
+        [(1, "follower", "unhealthy"), (2, "leader", "healthy")],
+    )
+    status, _, body = call(server, "GET", "/v2/status")
+    assert (status, body) == (204, b"")
+
+
+@pytest.mark.parametrize(
+    "brokers, message",
+    [
+        (  # partition 2 has no leader at all: its replicas are followers or gone
+            ([(1, "leader", "healthy"), (2, "follower", "healthy")], [(2, "inactive", "dead")]),
+            "no leader for partition(s) 2",
+        ),
+        (  # a partition no broker reports (every replica unknown to this broker)
+            ([(1, "leader", "healthy")],),
+            "no leader for partition(s) 2",
+        ),
+        (  # partition 1's leader is unhealthy (e.g. its disk is full)
+            ([(1, "leader", "unhealthy"), (2, "leader", "healthy")], [(1, "follower", "healthy")]),
+            "the leader is not healthy for partition(s) 1 (unhealthy)",
+        ),
+        (
+            ([(1, "leader", "dead")], [(1, "follower", "healthy")]),
+            "no leader for partition(s) 2; the leader is not healthy for partition(s) 1 (dead)",
+        ),
+    ],
+)
+def test_status_is_503_naming_what_is_missing(server, source, brokers, message):
+    source.topology_doc = status_topology(*brokers)
+    status, body = call_json(server, "GET", "/v2/status")
+    assert (status, body) == (503, {"message": message})
+
+
+def test_status_counts_every_partition_of_the_cluster_not_only_those_listed(server, source):
+    source.topology_doc = status_topology([(1, "leader", "healthy")], partitions=1)
+    assert call(server, "GET", "/v2/status")[0] == 204
+    source.topology_doc = status_topology([(1, "leader", "healthy")], partitions=3)
+    assert call_json(server, "GET", "/v2/status") == (
+        503,
+        {"message": "no leader for partition(s) 2, 3"},
+    )
 
 
 def test_partitions(server):
@@ -456,3 +530,27 @@ def test_match_route():
     route, params, _ = match_route(routes, "POST", "/actuator/exporters/region1/enable")
     assert route is routes[2]
     assert params == {"id": "region1"}
+
+
+def test_topology_partition_state_and_last_change_follow_the_configuration():
+    from broker.node.broker import _last_completed_change_id, _partition_state
+    from broker.topology import model as t
+
+    now = "2026-11-26T08:00:00Z"
+    cfg = t.initial(3, 1, 2, [], now, cluster_id="c1")  # partition 1 on brokers 0 and 1
+    assert [_partition_state(cfg, b, 1) for b in (0, 1, 2)] == ["active", "active", "unknown"]
+    assert _partition_state(None, 0, 1) == "unknown"  # no configuration loaded yet
+    assert _last_completed_change_id(cfg) == "-1"
+    move = [t.Operation(t.PARTITION_JOIN, 2, 1, 1), t.Operation(t.PARTITION_LEAVE, 0, 1)]
+    cfg = t.start_change(cfg, move, now)
+    # Only the operation in progress (the first pending one) marks its replica.
+    assert [_partition_state(cfg, b, 1) for b in (0, 1, 2)] == ["active", "active", "joining"]
+    assert _last_completed_change_id(cfg) == "-1"
+    cfg = t.complete_next(cfg, now)
+    assert [_partition_state(cfg, b, 1) for b in (0, 1, 2)] == ["leaving", "active", "active"]
+    cfg = t.complete_next(cfg, now)
+    assert cfg.pending_change is None
+    assert [_partition_state(cfg, b, 1) for b in (0, 1, 2)] == ["unknown", "active", "active"]
+    assert _last_completed_change_id(cfg) == "1"
+    cfg = t.start_change(cfg, [], now)  # an empty plan completes at once: change 2
+    assert _last_completed_change_id(cfg) == "2"
