@@ -8,8 +8,13 @@ SIM_SEEDS ?= 2000
 
 .PHONY: setup system-packages demo test test-long lint sim fuzz bench clean
 
-# Debian packages the lab tests need (network namespaces with sshd, nftables).
-SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping systemd-container sudo
+# Debian packages the lab tests need (network namespaces with sshd, nftables), and
+# prometheus (prometheus and promtool for the monitoring tests: tests/unit/test_alert_rules.py,
+# tests/integration/test_monitoring.py). Only the binaries are wanted: the package's
+# Prometheus service is neither started (a policy-rc.d for the install, unless the machine
+# has its own) nor enabled.
+SYSTEM_PACKAGES := openssh-server nftables iproute2 iputils-ping systemd-container sudo prometheus
+NO_START_SERVICES := prometheus prometheus.service
 
 setup: system-packages $(VENV)/.installed
 
@@ -28,8 +33,19 @@ system-packages:
 	  missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	  if [ -n "$$missing" ]; then \
 	    echo "setup: installing $$missing"; \
+	    rcd=; if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	      rcd=/usr/sbin/policy-rc.d; \
+	      printf '#!/bin/sh\ncase "$$1" in %s) exit 101;; esac\nexit 0\n' \
+	        "$$(echo $(NO_START_SERVICES) | tr ' ' '|')" > $$rcd; chmod 755 $$rcd; \
+	    fi; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	      apt-get install -y -qq --no-install-recommends $$missing >/dev/null; rc=$$?; \
+	    if [ -n "$$rcd" ]; then rm -f $$rcd; fi; \
+	    case " $$(echo $$missing) " in *" prometheus "*) \
+	      systemctl disable --quiet prometheus.service 2>/dev/null; \
+	      if [ -d /run/systemd/system ]; then systemctl stop prometheus.service; fi;; \
+	    esac; \
+	    exit $$rc; \
 	  fi; \
 	fi
 

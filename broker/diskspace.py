@@ -115,6 +115,8 @@ class DiskSpaceMonitor:
                 self.metrics.disk_free.set(free)
                 self.metrics.disk_processing_paused.set(0 if processing_ok else 1)
                 self.metrics.disk_replication_paused.set(0 if replication_ok else 1)
+                self.metrics.disk_processing_watermark.set(self.processing)
+                self.metrics.disk_replication_watermark.set(self.replication)
             return free
 
     def why(self, free: int | None = None) -> str:

@@ -8,6 +8,7 @@ process without clashing metric names.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import suppress
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -28,10 +29,12 @@ FSYNC_BUCKETS = (
 )  # fmt: skip
 FLUSH_ENTRIES_BUCKETS = tuple(float(2**i) for i in range(13))  # 1 .. 4096
 
-# Values of broker_partition_role.
-ROLE_FOLLOWER = 0
-ROLE_CANDIDATE = 1
-ROLE_LEADER = 2
+# Values of atomix_role (Zeebe's encoding, so that Camunda's dashboards read it:
+# leaders are ``atomix_role == 3``).
+ROLE_INACTIVE = 0  # the partition is stopped after an error
+ROLE_FOLLOWER = 1
+ROLE_CANDIDATE = 2
+ROLE_LEADER = 3
 
 
 class BrokerMetrics:
@@ -89,8 +92,9 @@ class BrokerMetrics:
             registry=r,
         )
         self.role = Gauge(
-            "broker_partition_role",
-            "Raft role of this broker per partition: 0 follower, 1 candidate, 2 leader.",
+            "atomix_role",
+            "Raft role of this broker per partition (Zeebe's metric): 0 inactive, "
+            "1 follower, 2 candidate, 3 leader.",
             ["partition"],
             registry=r,
         )
@@ -116,9 +120,21 @@ class BrokerMetrics:
             registry=r,
         )
         self.partition_healthy = Gauge(
-            "broker_partition_healthy",
-            "1 when this broker's replica of the partition is healthy, else 0.",
+            "zeebe_health",
+            "Health of this broker's replica of the partition (Zeebe's metric): "
+            "1 healthy, 0 unhealthy.",
             ["partition"],
+            registry=r,
+        )
+        self.disk_processing_watermark = Gauge(
+            "broker_disk_processing_watermark_bytes",
+            "data.freeSpace.processing: below this much free space writes are refused.",
+            registry=r,
+        )
+        self.disk_replication_watermark = Gauge(
+            "broker_disk_replication_watermark_bytes",
+            "data.freeSpace.replication: below this much free space replicated entries "
+            "are refused.",
             registry=r,
         )
         self.partition_restarts = Counter(
@@ -158,12 +174,68 @@ class BrokerMetrics:
             ["partition"],
             registry=r,
         )
+        # Set by the partition leader only, on its ticks (never per record); a replica
+        # that is not the leader has none of these series.
+        self.last_committed_position = Gauge(
+            "zeebe_log_appender_last_committed_position",
+            "The last committed record position of the partition, at its leader (Zeebe's metric).",
+            ["partition"],
+            registry=r,
+        )
+        self.exporter_position = Gauge(
+            "zeebe_exporter_last_exported_position",
+            "The last record position the exporter acknowledged, replicated, at the "
+            "partition leader, for each exporter enabled there (Zeebe's metric).",
+            ["exporter", "partition"],
+            registry=r,
+        )
+        self.replication_lag = Gauge(
+            "broker_replication_lag_entries",
+            "Log entries the follower lacks (the leader's last index minus the follower's "
+            "acknowledged match index), at the partition leader.",
+            ["partition", "follower"],
+            registry=r,
+        )
+        self._leader_series: dict[str, tuple[set[str], set[str]]] = {}
         self.bad_frames = Counter(
             "broker_transport_bad_frames_total",
             "Malformed or oversized frames that closed a connection.",
             ["reason"],
             registry=r,
         )
+
+    def set_leader_view(
+        self, partition: str, committed: int, exported: dict[str, int], lag: dict[int, int]
+    ) -> None:
+        """At the partition leader: its last committed position, the acknowledged position
+        of each enabled exporter, the lag of each follower. Series of exporters and
+        followers no longer given are removed."""
+        old_exporters, old_followers = self._leader_series.get(partition, (set(), set()))
+        exporters, followers = set(exported), {str(f) for f in lag}
+        self.last_committed_position.labels(partition).set(committed)
+        for ex, position in exported.items():
+            self.exporter_position.labels(ex, partition).set(position)
+        for follower, entries in lag.items():
+            self.replication_lag.labels(partition, str(follower)).set(entries)
+        self._remove(old_exporters - exporters, old_followers - followers, partition)
+        self._leader_series[partition] = (exporters, followers)
+
+    def clear_leader_view(self, partition: str) -> None:
+        """This replica is not (or no longer) the leader: drop its leader-only series."""
+        if partition not in self._leader_series:
+            return
+        exporters, followers = self._leader_series.pop(partition)
+        self._remove(exporters, followers, partition)
+        with suppress(KeyError):
+            self.last_committed_position.remove(partition)
+
+    def _remove(self, exporters, followers, partition: str) -> None:
+        for ex in exporters:
+            with suppress(KeyError):
+                self.exporter_position.remove(ex, partition)
+        for follower in followers:
+            with suppress(KeyError):
+                self.replication_lag.remove(partition, follower)
 
     def sample_on_render(self, sample: Callable[[], None]) -> None:
         """Call ``sample()`` before each render: gauges that would otherwise change on

@@ -89,7 +89,9 @@ NO_RESOURCE = NO_SPACE | {errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 # is more than this many entries behind (a follower under load lags by a batch or two).
 CATCHUP_SLACK = 1000
 
-_ROLE_VALUE = {Role.FOLLOWER: 0, Role.PRE_CANDIDATE: 1, Role.CANDIDATE: 1, Role.LEADER: 2}
+# atomix_role's values (broker.metrics): 1 follower, 2 candidate, 3 leader; 0 inactive
+_ROLE_VALUE = {Role.FOLLOWER: 1, Role.PRE_CANDIDATE: 2, Role.CANDIDATE: 2, Role.LEADER: 3}
+_ROLE_INACTIVE = 0
 _NO_ENTRIES: tuple = ()
 
 
@@ -814,7 +816,8 @@ class PartitionRunner:
         if self.disk is not None:
             self.disk.check()
         if self.metrics:
-            self.metrics.role.labels(self._label).set(_ROLE_VALUE[Role.FOLLOWER])
+            self.metrics.role.labels(self._label).set(_ROLE_INACTIVE)
+            self.metrics.clear_leader_view(self._label)
 
     def _try_restart(self) -> None:
         pid = self.partition_id
@@ -982,6 +985,19 @@ class PartitionRunner:
             m.log_last_position.labels(label).set(self.state.last_position)
             m.log_segments.labels(label).set(j.segment_count)
             m.log_bytes.labels(label).set(j.size_bytes)
+            node = self.node
+            m.role.labels(label).set(_ROLE_VALUE[node.role])  # also before any change
+            if node.role is Role.LEADER:
+                exported = self.state.exported
+                last = node.log.last_index
+                m.set_leader_view(
+                    label,
+                    self.state.last_position,
+                    {ex: exported.get(ex, 0) for ex in self.log_holders()},
+                    {f: max(0, last - p.match) for f, p in node.progress.items()},
+                )
+            else:
+                m.clear_leader_view(label)
 
     def _set_healthy(self, healthy: bool) -> None:
         if healthy is not self._last_healthy:

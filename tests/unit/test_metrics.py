@@ -10,7 +10,7 @@ METRIC_NAMES = (
     "broker_leader_changes_total",
     "broker_gateway_inflight_requests",
     "broker_gateway_requests_total",
-    "broker_partition_role",
+    "atomix_role",
     "broker_transport_bad_frames_total",
 )
 
@@ -36,7 +36,7 @@ def test_render_contains_every_metric_after_observing():
         assert f"\n{name}" in text, name
     assert 'broker_records_committed_total{partition="1"} 5.0' in text
     assert 'broker_gateway_requests_total{code="UNAVAILABLE",op="append"} 1.0' in text
-    assert 'broker_partition_role{partition="1"} 2.0' in text
+    assert 'atomix_role{partition="1"} 3.0' in text
     assert 'broker_transport_bad_frames_total{reason="oversized"} 1.0' in text
     assert 'broker_journal_flush_entries_bucket{le="64.0",partition="1"} 1.0' in text
 
@@ -64,3 +64,25 @@ def test_instances_have_separate_registries():
 def test_content_type_is_prometheus_text():
     assert CONTENT_TYPE.startswith("text/plain")
     assert isinstance(BrokerMetrics().render(), bytes)
+
+
+def test_leader_view_sets_and_removes_leader_only_series():
+    m = BrokerMetrics()
+    m.set_leader_view("1", 120, {"region0": 100, "region1": 120}, {1: 0, 2: 37})
+    text = m.render().decode()
+    assert 'zeebe_log_appender_last_committed_position{partition="1"} 120.0' in text
+    assert 'zeebe_exporter_last_exported_position{exporter="region0",partition="1"} 100.0' in text
+    assert 'broker_replication_lag_entries{follower="2",partition="1"} 37.0' in text
+    # an exporter disabled, a follower removed: their series go
+    m.set_leader_view("1", 130, {"region1": 130}, {1: 3})
+    text = m.render().decode()
+    assert 'exporter="region0"' not in text
+    assert 'follower="2"' not in text
+    assert 'broker_replication_lag_entries{follower="1",partition="1"} 3.0' in text
+    # stepping down drops every leader-only series of the partition, and only those
+    m.set_leader_view("2", 5, {}, {0: 1})
+    m.clear_leader_view("1")
+    m.clear_leader_view("1")  # twice is harmless
+    text = m.render().decode()
+    assert 'partition="1"' not in text
+    assert 'zeebe_log_appender_last_committed_position{partition="2"} 5.0' in text

@@ -233,7 +233,7 @@ def test_below_replication_a_follower_persists_nothing_and_recovers(tmp_path):
         assert "data.freeSpace.replication" in r.status["unhealthyReason"]
         text = metrics.render().decode()
         assert "broker_disk_replication_paused 1.0" in text
-        assert 'broker_partition_healthy{partition="1"} 0.0' in text
+        assert 'zeebe_health{partition="1"} 0.0' in text
         space.free = 30 << 20
         disk.check()
         r.deliver(msg)  # the leader retries
@@ -244,7 +244,7 @@ def test_below_replication_a_follower_persists_nothing_and_recovers(tmp_path):
         assert r.status["health"] == "healthy"
         text = metrics.render().decode()
         assert "broker_disk_replication_paused 0.0" in text
-        assert 'broker_partition_healthy{partition="1"} 1.0' in text
+        assert 'zeebe_health{partition="1"} 1.0' in text
     finally:
         r.stop()
 
