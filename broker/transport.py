@@ -71,6 +71,16 @@ RECV_SIZE = 256 * 1024
 MAX_OUTBOUND_BYTES = 64 * 1024 * 1024
 WRITE_BATCH_BYTES = 1024 * 1024  # the writer joins queued frames into writes of about this
 TLS_WRITE_CHUNK = 16 * 1024  # one TLS record: the unit of a non-blocking TLS write
+# The ``reason`` label of broker_transport_bad_frames_total, from a fixed set.
+BAD_FRAME_REASONS = {
+    "FrameTooLarge": "oversized",
+    "MalformedFrame": "malformed",
+    "TruncatedFrame": "truncated",
+    "BadMagic": "bad_magic",
+    "UnsupportedVersion": "unsupported_version",
+    "UnknownFrameType": "unknown_type",
+    "UnexpectedFrame": "unexpected",
+}
 READ_PER_TURN = 1024 * 1024  # bytes read from one connection before the others' turn
 DIALERS = 4  # threads that connect to peers, whatever the number of peers
 # A frame must arrive whole within this many seconds of its first byte, so that a
@@ -407,6 +417,7 @@ class Connection:
     def _protocol_error(self, e: ProtocolError) -> None:
         if self._transport is not None:
             self._transport._count(connection_errors=1)
+            self._transport._bad_frame(e)
         log.warning("closing connection from %s: %s", _fmt(self.address), e.reason)
         self.close()
 
@@ -525,6 +536,7 @@ class Transport:
         idle_timeout: float | None = None,
         frame_timeout: float = FRAME_TIMEOUT,
         on_peer_lost: Callable[[int], None] | None = None,
+        on_bad_frame: Callable[[str], None] | None = None,
     ):
         """``ssl_context`` serves inbound connections and, unless
         ``client_ssl_context`` is given, also dials peers. ``io_timeout``
@@ -539,7 +551,8 @@ class Transport:
         connection that sent no frame for that long; ``frame_timeout`` bounds
         how long one frame may take to arrive. ``on_peer_lost(node_id)``: a
         connection to or from that peer ended, or dialing it failed (what was
-        sent to it may never be answered)."""
+        sent to it may never be answered). ``on_bad_frame(reason)``: a malformed or
+        oversized frame closed a connection; ``reason`` is one of BAD_FRAME_REASONS."""
         if authenticate_peers and (ssl_context is None or client_ssl_context is None):
             raise ValueError("authenticate_peers needs server and client TLS contexts")
         self.node_id = node_id
@@ -550,6 +563,7 @@ class Transport:
         self.on_request = on_request
         self.on_gossip = on_gossip
         self.on_peer_lost = on_peer_lost
+        self.on_bad_frame = on_bad_frame
         self.max_frame_size = max_frame_size
         self.server_ssl = ssl_context
         self.client_ssl = client_ssl_context or ssl_context
@@ -648,6 +662,13 @@ class Transport:
         """A snapshot of the counters named in ``STATS``."""
         with self._stats_lock:
             return dict(self._stats)
+
+    def _bad_frame(self, e: ProtocolError) -> None:
+        if self.on_bad_frame is not None:
+            try:
+                self.on_bad_frame(BAD_FRAME_REASONS.get(type(e).__name__, "other"))
+            except Exception:
+                log.exception("node %d: on_bad_frame failed", self.node_id)
 
     def _count(self, **deltas: int) -> None:
         stats = self._stats
@@ -812,6 +833,7 @@ class Transport:
             self._loop.add(conn)  # it reads what the decoder or TLS already buffered
         except ProtocolError as e:
             self._count(connection_errors=1)
+            self._bad_frame(e)
             log.warning("closing connection from %s: %s", peer, e.reason)
         except (OSError, ValueError) as e:
             if not self._stopping.is_set():

@@ -172,6 +172,7 @@ class Broker:
             authenticate_peers=tls is not None,
             max_connections=INTERNAL_MAX_CONNECTIONS,
             on_peer_lost=lambda node_id: self.link.lost(node_id),
+            on_bad_frame=self._bad_frame,
         )
         self.link = InternalLink(self.node_id, self.internal.send_gossip)
         self.gateway = Gateway(
@@ -201,6 +202,7 @@ class Broker:
             ssl_context=tls and tls.gateway,
             max_connections=GATEWAY_MAX_CONNECTIONS,
             idle_timeout=CLIENT_IDLE_TIMEOUT,
+            on_bad_frame=self._bad_frame,
         )
         self.internal.start()
         self.gateway_transport.start()
@@ -276,6 +278,9 @@ class Broker:
             self.disk.stop()
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _bad_frame(self, reason: str) -> None:
+        self.metrics.bad_frames.labels(reason).inc()
 
     def _static_topology(self) -> tmodel.ClusterConfig:
         c = self.cfg.cluster

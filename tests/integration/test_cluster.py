@@ -11,6 +11,7 @@ import socket
 import struct
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 
@@ -229,6 +230,13 @@ def test_bad_frames_close_only_that_connection(cluster):
         assert client.append("second").position == 2  # the good connection still works
     assert c.procs[0].poll() is None
     assert "closing" in c.log_tail(0, 200).lower() or "protocol" in c.log_tail(0, 200).lower()
+    counted = {}  # broker_transport_bad_frames_total, by reason: both ports, each payload
+    with urllib.request.urlopen(c.management(0).rstrip("/") + "/actuator/prometheus") as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("broker_transport_bad_frames_total{"):
+                counted[line.split('"')[1]] = float(line.split()[-1])
+    # garbage: no magic; a frame type other than HELLO first; a frame cut short
+    assert counted == {"bad_magic": 2.0, "unexpected": 2.0, "truncated": 2.0}
 
 
 def test_bad_config_exits_2_with_one_line(tmp_path):
