@@ -86,8 +86,35 @@ def broker_main(argv: list[str] | None = None) -> int:
                 help="rotated log files kept beside the current one (default 5)",
             )
         cmd.set_defaults(func=_daemon(name))
+    restore = sub.add_parser(
+        "restore",
+        help="restore this broker's partitions of a backup into its empty data directory",
+        description="Restore this broker's partitions of backup N (taken with POST "
+        "/actuator/backups) from data.backup's store into the empty data directory "
+        "(stop the broker and run `broker wipe-data` first). Run it on every broker, "
+        "then start them.",
+    )
+    restore.add_argument("--backup-id", type=_backup_id, required=True, metavar="N")
+    restore.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
+    restore.set_defaults(func=lambda a: _restore(a))
     args = parser.parse_args(argv)
     return args.func(args)
+
+
+def _backup_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 1 <= value <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"a backup id is 1..{2**63 - 1}: {text!r}")
+    return value
+
+
+def _restore(args: argparse.Namespace) -> int:
+    from broker import daemon
+
+    return daemon.restore(args.config, args.backup_id)
 
 
 def _placement(args: argparse.Namespace) -> int:

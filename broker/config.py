@@ -32,6 +32,7 @@ Size = Annotated[int, "size"]  # bytes
 
 EXPORTER_TYPES = ("file", "http")
 TLS_CLIENT_AUTH = ("none", "optional", "required")
+BACKUP_STORES = ("none", "filesystem")
 # network.maxFrameSize: Raft batches of up to 1MB (and snapshot chunks of 1MB) must
 # fit in a frame, or replication would stall on frames the sender drops.
 MIN_FRAME_SIZE = 2 * MB
@@ -143,12 +144,24 @@ class FreeSpaceConfig:
 
 
 @dataclass(frozen=True)
+class FilesystemBackupConfig:
+    directory: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupConfig:
+    store: str = "none"  # none|filesystem (see broker.backup.store for others)
+    filesystem: FilesystemBackupConfig = field(default_factory=FilesystemBackupConfig)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     directory: str = "/var/lib/broker"
     log_segment_size: Size = 64 * MB
     snapshot_period: Duration = 300.0
     snapshot_entries: int = 100_000  # ours: also snapshot after this many applied entries
     free_space: FreeSpaceConfig = field(default_factory=FreeSpaceConfig)
+    backup: BackupConfig = field(default_factory=BackupConfig)
 
 
 @dataclass(frozen=True)
@@ -651,6 +664,21 @@ def _validate(cfg: BrokerConfig, fail) -> None:
         "must differ from network.gateway.port and network.internal.port",
     )
     # Processing stops first so that replication can still catch followers up.
+    b = d.backup
+    need(
+        b.store in BACKUP_STORES,
+        "data.backup.store",
+        repr(b.store),
+        f"one of {', '.join(BACKUP_STORES)}",
+    )
+    if b.store == "filesystem":
+        directory = b.filesystem.directory
+        need(
+            directory is not None and directory.strip() != "" and os.path.isabs(directory),
+            "data.backup.filesystem.directory",
+            repr(directory),
+            "an absolute directory path (needed when data.backup.store is filesystem)",
+        )
     need(
         d.free_space.processing >= d.free_space.replication,
         "data.freeSpace.processing",

@@ -311,6 +311,28 @@ def wipe_data(config: str | None) -> int:
     return 0
 
 
+def restore(config: str | None, backup_id: int) -> int:
+    """Restore this broker's partitions of a backup into its empty data directory.
+    Refused while the broker runs, or when the directory holds data (exit 1)."""
+    from broker.backup.restore import RestoreError
+    from broker.backup.restore import restore as restore_backup
+
+    cfg = _load(config)
+    pid_file, _ = _paths(cfg)
+    pid = _running_pid(pid_file)
+    if pid is not None:
+        print(
+            f"broker {cfg.cluster.node_id} is running (pid {pid}): stop it first", file=sys.stderr
+        )
+        return 1
+    try:
+        restore_backup(cfg, backup_id)
+    except (RestoreError, OSError) as e:
+        print(f"broker {cfg.cluster.node_id}: restore failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def status(config: str | None) -> int:
     cfg = _load(config)
     pid_file, log_file = _paths(cfg)

@@ -24,6 +24,9 @@ from broker.records import APPEND, OutOfRange, RecordLog, is_append
 READ, PUT, GET, CAS, DELETE = "read", "put", "get", "cas", "delete"
 # exporter positions, replicated so that a new leader continues without gaps
 EXPORTED, EXPORT_INIT = "exported", "export_init"
+# a backup's checkpoint: the records up to here belong to backup N (broker.backup)
+CHECKPOINT = "checkpoint"
+CHECKPOINT_PREFIX = msgpack.packb([CHECKPOINT, 0])[:-1]  # how its encoding starts
 MAX_READ_BYTES = 2 * 1024 * 1024  # keeps a read response well under the frame limit
 SNAPSHOT_VERSION = 2  # 1 also held every record; 2 holds only the state
 
@@ -55,6 +58,8 @@ class PartitionState:
     def __init__(self, partition_id: int, records: RecordLog | None = None):
         self.partition_id = partition_id
         self.records = records if records is not None else RecordLog()
+        self.checkpoint = (0, 0)  # (backup id, position) of the newest checkpoint
+        self.new_checkpoint: tuple[int, int] | None = None  # applied just now: for the runner
         self.kv: dict[str, bytes] = {}
         self.exported: dict[str, int] = {}  # exporter id -> last acknowledged position
         self.applied_index = 0
@@ -151,6 +156,24 @@ class PartitionState:
         self.exported[exporter] = self.exported.get(source, 0)
         return {"ok": True, "partition": self.partition_id, "position": self.exported[exporter]}
 
+    def _checkpoint(self, backup_id: int) -> dict:
+        """Checkpoint ``backup_id`` at the current position (every replica applies it;
+        the leader of the moment takes the backup). The same id again answers the
+        same position; an older one is refused (backup ids only grow)."""
+        if type(backup_id) is not int or backup_id < 1:
+            raise TypeError(f"a backup id is a positive int, not {backup_id!r}")
+        newest, position = self.checkpoint
+        if backup_id < newest:
+            return {
+                "ok": False,
+                "code": "FAILED_PRECONDITION",
+                "message": f"backup {newest} is newer than {backup_id}: backup ids only grow",
+            }
+        if backup_id > newest:
+            self.checkpoint = self.new_checkpoint = (backup_id, self.last_position)
+        pid, position = self.partition_id, self.checkpoint[1]
+        return {"ok": True, "partition": pid, "backupId": backup_id, "position": position}
+
     _OPS = {
         APPEND: _append,
         READ: _read,
@@ -160,6 +183,7 @@ class PartitionState:
         DELETE: _delete,
         EXPORTED: _exported,
         EXPORT_INIT: _export_init,
+        CHECKPOINT: _checkpoint,
     }
 
     # --- snapshots ---------------------------------------------------------
@@ -173,6 +197,7 @@ class PartitionState:
                 "last_position": self.last_position,
                 "kv": self.kv,
                 "exported": self.exported,
+                "checkpoint": list(self.checkpoint),
             },
             use_bin_type=True,
         )
@@ -181,10 +206,11 @@ class PartitionState:
         """Load a snapshot; the record log then starts after it (``records.rebuild``
         indexes what the journal still holds below it). Raises ValueError, and
         changes nothing, when ``data`` is not a snapshot this broker can use."""
-        applied, last, kv, exported = _decode_snapshot(data)
+        applied, last, kv, exported, checkpoint = _decode_snapshot(data)
         self.records.reset(last)
         self.kv = kv
         self.exported = exported
+        self.checkpoint = checkpoint
         self.applied_index = applied
 
 
@@ -197,8 +223,9 @@ def check_snapshot(data: bytes, index: int | None = None) -> None:
         raise ValueError(f"partition snapshot holds applied index {applied}, not {index}")
 
 
-def _decode_snapshot(data: bytes) -> tuple[int, int, dict, dict]:
-    """(applied index, last position, kv, exported) of a snapshot, every field checked."""
+def _decode_snapshot(data: bytes) -> tuple[int, int, dict, dict, tuple[int, int]]:
+    """(applied index, last position, kv, exported, checkpoint) of a snapshot, every
+    field checked."""
     try:
         doc = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:  # msgpack reports bad input with many exception types
@@ -225,7 +252,10 @@ def _decode_snapshot(data: bytes) -> tuple[int, int, dict, dict]:
         raise ValueError(f"partition snapshot: kv is a {type(kv).__name__}, not a map")
     if type(exported) is not dict:
         raise ValueError(f"partition snapshot: exported is a {type(exported).__name__}")
-    return applied, last, kv, exported
+    checkpoint = doc.get("checkpoint", [0, 0])  # absent before backups existed
+    if type(checkpoint) is not list or len(checkpoint) != 2 or not all(map(_natural, checkpoint)):
+        raise ValueError(f"partition snapshot: bad checkpoint {checkpoint!r}")
+    return applied, last, kv, exported, tuple(checkpoint)
 
 
 def _natural(value) -> bool:

@@ -15,6 +15,9 @@ import threading
 from datetime import UTC, datetime
 
 from broker import __version__
+from broker.backup import api as backup_api
+from broker.backup.store import open_store
+from broker.backup.taker import BackupTaker
 from broker.config import BrokerConfig, ConfigError, dual_region_warnings
 from broker.diskspace import DiskSpaceMonitor
 from broker.fsutil import make_private_dirs
@@ -111,6 +114,10 @@ class Broker:
         self.peers: SwimMembership | None = None
         self.topology_manager: TopologyManager | None = None
         self.gateway_transport: Transport | None = None
+        # data.backup: the store, this broker's partition backups, the coordinator
+        store = open_store(cfg.data.backup)
+        self.backup_taker = BackupTaker(store, self.node_id) if store is not None else None
+        self.backups: backup_api.Backups | None = None
         self.management = None
         # With TLS: how this broker calls another's management API (forwarding a
         # topology change to its coordinator), showing its own certificate.
@@ -207,12 +214,19 @@ class Broker:
         self.internal.start()
         self.gateway_transport.start()
 
+        if self.backup_taker is not None:
+            self.backups = backup_api.Backups(
+                self.backup_taker.store,
+                self.gateway.control,
+                c.partitions_count,
+                lambda: self.topology_manager.config.to_json(),
+            )
         self.management = ManagementServer(
             self,
             cfg.management.host,
             cfg.management.port,
             cfg.management.token,
-            routes=ROUTES + topology_api.ROUTES,
+            routes=ROUTES + topology_api.ROUTES + backup_api.ROUTES,
             ssl_context=tls and tls.management,
         )
         self.management.start()
@@ -276,6 +290,8 @@ class Broker:
             self.internal.stop()
         if self.disk is not None:
             self.disk.stop()
+        if self.backup_taker is not None:
+            self.backup_taker.stop()  # a copy under way is finished, not cut
 
     # --- plumbing -------------------------------------------------------------------
 
@@ -314,6 +330,7 @@ class Broker:
             segment_size=cfg.data.log_segment_size,
             snapshot_entries=cfg.data.snapshot_entries,
             snapshot_period=cfg.data.snapshot_period,
+            on_checkpoint=self.backup_taker and self.backup_taker.checkpoint,
         )
         runner.log_holders = lambda: self._exporters_holding_log(pid)
         self.runners[pid] = runner

@@ -44,6 +44,7 @@ MAX_TIMEOUT = 3600.0  # seconds; a request's own timeout is capped by request_ti
 MAX_POSITION = 2**62 - 1  # record positions a read may start from
 MAX_COUNT = 2**31 - 1  # the largest "max" of a read (then capped at MAX_READ)
 MAX_PARTITIONS = 2**31 - 1
+MAX_BACKUP_ID = 2**63 - 1  # Zeebe's backup ids are positive longs
 # Client operations that add data: refused below data.freeSpace.processing.
 WRITE_OPS = frozenset({"append", "put", "cas", "delete"})
 
@@ -122,7 +123,7 @@ def _need_int(body: dict, name: str, lo: int, hi: int, optional: bool = False) -
 # an answer may carry: the labels of broker_gateway_requests_total come from these
 # sets only, so no request can add a time series.
 CLIENT_OPS = frozenset({"append", "read", "put", "get", "cas", "delete", "topology"})
-CONTROL_OPS = frozenset({"_reconfigure", "_export_init", "_rebalance"})
+CONTROL_OPS = frozenset({"_reconfigure", "_export_init", "_rebalance", "_checkpoint"})
 KNOWN_OPS = CLIENT_OPS | CONTROL_OPS
 ERROR_CODES = frozenset(
     {
@@ -150,6 +151,7 @@ FORWARDED_FIELDS = (
     "expected",
     "replicas",
     "exporter",
+    "backupId",
 )
 
 
@@ -290,6 +292,9 @@ def _command(op: str, body: dict, p: int) -> tuple[int | None, Any]:
         pid = _partition(body, p)
         exporter, source = _need(body, "exporter", str), _need(body, "from", str)
         return pid, sm.encode(sm.EXPORT_INIT, exporter, source)
+    if op == "_checkpoint":  # internal: POST /actuator/backups
+        pid = _partition(body, p)
+        return pid, sm.encode(sm.CHECKPOINT, _need_int(body, "backupId", 1, MAX_BACKUP_ID))
     if op == "_rebalance":  # internal: POST /actuator/rebalance
         return _partition(body, p), _rebalance
     raise RequestError("INVALID_ARGUMENT", f"unknown op {_show(op)}")

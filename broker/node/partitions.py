@@ -51,7 +51,7 @@ from concurrent.futures import Future
 from broker import batching
 from broker.batching import PROPOSALS
 from broker.fsutil import CorruptFileError, StorageError, fsync_dir, make_private_dirs
-from broker.partition import PartitionState, check_snapshot
+from broker.partition import CHECKPOINT_PREFIX, PartitionState, check_snapshot
 from broker.raft.core import NotLeader, ProposalRejected, RaftConfig, RaftNode, Role
 from broker.raft.journal import Journal, NewerFormatError
 from broker.raft.messages import (
@@ -126,6 +126,7 @@ class PartitionRunner:
         snapshot_period: float = 300.0,
         snapshot_bytes: int = 32 * 1024 * 1024,
         flush_delay: float = 0.0,
+        on_checkpoint: Callable | None = None,
         disk=None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -144,6 +145,9 @@ class PartitionRunner:
         self.snapshot_entries = snapshot_entries
         self.snapshot_period = snapshot_period
         self.snapshot_bytes = snapshot_bytes
+        # on_checkpoint(runner, backup_id, index, position): called on the partition
+        # thread when this replica, leading, applies a new backup checkpoint
+        self.on_checkpoint = on_checkpoint
         # Which exporters hold the log (enabled for this partition): the server sets it.
         self.log_holders: Callable[[], list[str]] = list
         self.flush_delay = flush_delay
@@ -609,11 +613,12 @@ class PartitionRunner:
         batch, self._batch = self._batch, []
         chunks, size = [[]], 0
         for item in batch:
-            if chunks[-1] and size + len(item[0]) > MAX_BATCH_BYTES:
+            alone = item[0].startswith(CHECKPOINT_PREFIX)  # a backup's cut: an entry of its own
+            if chunks[-1] and (alone or size + len(item[0]) > MAX_BATCH_BYTES):
                 chunks.append([])
                 size = 0
             chunks[-1].append(item)
-            size += len(item[0])
+            size += MAX_BATCH_BYTES if alone else len(item[0])
         for chunk in chunks:
             try:
                 index = self.node.propose(b"".join([item[0] for item in chunk]))
@@ -712,6 +717,8 @@ class PartitionRunner:
             if e.kind is EntryKind.NORMAL:
                 results = state.apply(e.index, e.data)
                 applied += len(results)
+                if state.new_checkpoint is not None:
+                    self._checkpointed(e.index)
             else:
                 state.applied_index = e.index
                 results = []
@@ -736,6 +743,17 @@ class PartitionRunner:
         if applied and self.metrics:
             self.metrics.records_committed.labels(self._label).inc(applied)
         self.node.log.release(min(self.journal.durable_index, state.applied_index), LOG_CACHE_BYTES)
+
+    def _checkpointed(self, index: int) -> None:
+        """A new backup checkpoint was applied at entry ``index`` (alone in it): the
+        leader of the moment takes the partition's backup."""
+        backup_id, position = self.state.new_checkpoint
+        self.state.new_checkpoint = None
+        if self.on_checkpoint is not None and self.node.is_leader:
+            try:
+                self.on_checkpoint(self, backup_id, index, position)
+            except Exception:  # the backup fails, never the partition
+                log.exception("partition %d: backup %d failed", self.partition_id, backup_id)
 
     def _maybe_snapshot(self) -> None:
         """Take the state when a snapshot is due; use it once every exporter that

@@ -260,6 +260,22 @@ class Journal:
         self._new_segment(next_index)
         self.flush()
 
+    def files_through(self, index: int) -> list[tuple[str, int]]:
+        """The segment files that hold entries ``first_index`` .. ``index``, each with
+        the bytes that hold them (the last one cut right after entry ``index``):
+        what a backup copies. Bytes before the cut never change while ``index`` is
+        committed, whatever is appended or truncated after it."""
+        self._check_open()
+        if not self.first_index <= index <= self.last_index:
+            raise IndexError(f"{index} outside [{self.first_index}, {self.last_index}]")
+        out = []
+        for seg in self._segments:
+            if seg.first > index:
+                break
+            k = index - seg.first + 1  # entries of this segment up to ``index``
+            out.append((seg.path, seg.offsets[k] if k < len(seg.offsets) else seg.size))
+        return out
+
     # --- reading -----------------------------------------------------------
 
     def read(self, lo: int, hi: int, max_bytes: int | None = None) -> list[Entry]:

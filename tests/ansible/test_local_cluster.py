@@ -151,6 +151,10 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys, tmp
     topo = topology(inv, "brk-r0-h0")
     assert sorted(leaders(topo)) == list(range(1, PARTITIONS + 1)), topo
 
+    # --- backup.yml while writes go on, then restore.yml: back to the backup ----------
+    times.update(back_up_and_restore(inv))
+    new_pids = inv.pids()
+
     # --- remove refuses without confirmation ---------------------------------------
     run = ansible_playbook(inv.path, "playbooks/remove.yml")
     assert run.returncode != 0, str(run)
@@ -175,6 +179,43 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys, tmp
         record_property(step, round(seconds, 1))
     with capsys.disabled():
         print(f"\nansible on the local inventory: {summary}")
+
+
+def back_up_and_restore(inv: LocalInventory) -> dict[str, float]:
+    """backup.yml under load, more writes, then restore.yml: exactly the records up to each
+    partition's checkpoint come back, at their positions; restore refuses unconfirmed."""
+    times = {}
+    gateways = ",".join(f"127.0.0.1:{v['broker_gateway_port']}" for v in inv.hosts.values())
+    with BrokerClient(gateways, timeout=15, ssl_context=inv.ssl_context()) as client:
+        before = write(client, 400, "before-backup")
+        run = ansible_playbook(inv.path, "playbooks/backup.yml", "-e", "broker_backup_id=1")
+        times["backup.yml"] = run.seconds
+        assert run.returncode == 0, str(run)
+        assert "backup 1 COMPLETED" in run.output, str(run)
+        state = json.loads(inv.open("brk-r0-h0", "/actuator/backups/1").read())
+        cuts = {d["partitionId"]: d["checkpointPosition"] for d in state["details"]}
+        assert sorted(cuts) == list(range(1, PARTITIONS + 1)) and state["state"] == "COMPLETED"
+        after = write(client, 200, "after-backup")
+    run = ansible_playbook(inv.path, "playbooks/restore.yml", "-e", "broker_backup_id=1")
+    assert run.returncode != 0 and "broker_restore_confirm=true" in run.flat(), str(run)
+    run = ansible_playbook(
+        inv.path,
+        "playbooks/restore.yml",
+        "-e",
+        "broker_backup_id=1",
+        "-e",
+        "broker_restore_confirm=true",
+    )
+    times["restore.yml"] = run.seconds
+    assert run.returncode == 0, str(run)
+    with BrokerClient(gateways, timeout=15, ssl_context=inv.ssl_context()) as client:
+        assert_all_readable(client, before)  # all before the backup: before the checkpoints
+        kept = {r: v for r, v in after.items() if v[1] <= cuts[v[0]]}
+        assert_all_readable(client, kept)
+        for p in range(1, PARTITIONS + 1):
+            last = client.read(p, cuts[p] + 1, 10)
+            assert last.records == [], f"partition {p} kept records after its checkpoint"
+    return times
 
 
 def fab(inv: LocalInventory, audit: Path, *args: str) -> Run:

@@ -26,6 +26,7 @@ import jsonschema
 import pytest
 import yaml
 
+from broker.backup import api as backup_api
 from broker.demo.localcluster import LocalCluster, wait_for
 from broker.node import management
 from broker.node import topology_api as api
@@ -265,7 +266,9 @@ def contract() -> Contract:
 
 
 def test_the_document_covers_every_route_and_nothing_else(contract):
-    routes = {(r.pattern, r.method.lower()) for r in (*management.ROUTES, *api.ROUTES)}
+    routes = {
+        (r.pattern, r.method.lower()) for r in (*management.ROUTES, *api.ROUTES, *backup_api.ROUTES)
+    }
     documented = {(p, m) for p, item in contract.doc["paths"].items() for m in item if m in METHODS}
     assert routes - documented == set(), "routes the document does not describe"
     assert documented - routes == set(), "documented operations the broker does not serve"
@@ -340,7 +343,13 @@ def dual(tmp_path):
         size=4,
         partitions=4,
         replication_factor=4,
-        overrides={**FAST, "exporters": exporters},
+        overrides={
+            **FAST,
+            "exporters": exporters,
+            "data": {
+                "backup": {"store": "filesystem", "filesystem": {"directory": str(tmp_path / "bk")}}
+            },
+        },
     )
     try:
         yield c
@@ -358,11 +367,12 @@ def test_every_response_of_a_real_cluster_matches_the_document(contract, dual):
     check_changes(a)
     check_brokerctl(c)
     check_exporters(a)
+    check_backups(a)
     check_conflicts(a, c)
     statuses = {status for _, _, status in contract.seen}
     assert {200, 202, 204, 400, 404, 405, 409, 411, 413, 503} <= statuses
     served = {(path, method) for path, method, status in contract.seen if status < 300}
-    routes = {(r.pattern, r.method) for r in (*management.ROUTES, *api.ROUTES)}
+    routes = {(r.pattern, r.method) for r in (*management.ROUTES, *api.ROUTES, *backup_api.ROUTES)}
     assert routes - served == set(), "operations never answered successfully"
 
 
@@ -517,6 +527,22 @@ def check_brokerctl(c: LocalCluster) -> None:
     force = ["cluster", "force-remove", "1", "3", "--dry-run"]
     code, out, err = brokerctl("--management", c.management(0), *force)
     assert code == 1 and "refusing to force-remove brokers [1, 3]: they are reachable" in err
+
+
+def check_backups(a: Api) -> None:
+    taken = a.call(0, "POST", "/actuator/backups", {"backupId": 1}, expect=202)
+    assert sorted(c["partitionId"] for c in taken["checkpoints"]) == [1, 2, 3, 4]
+    a.call(1, "POST", "/actuator/backups", {"backupId": 1}, expect=409)
+    a.call(1, "POST", "/actuator/backups", {"backupId": 0}, expect=400)
+    wait_for(
+        lambda: a.call(2, "GET", "/actuator/backups/1", expect=200)["state"] == "COMPLETED",
+        30,
+        "backup 1 to complete",
+    )
+    assert [b["backupId"] for b in a.call(3, "GET", "/actuator/backups", expect=200)] == [1]
+    assert a.call(0, "GET", "/actuator/backups/2", expect=200)["state"] == "DOES_NOT_EXIST"
+    a.call(0, "DELETE", "/actuator/backups/1", expect=204)
+    a.call(0, "DELETE", "/actuator/backups/1", expect=404)
 
 
 def check_conflicts(a: Api, c: LocalCluster) -> None:

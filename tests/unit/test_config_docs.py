@@ -168,6 +168,7 @@ def reads(tmp_path_factory) -> dict[tuple[type, str], set[str]]:
             "data": {
                 "directory": str(d / "data"),
                 "freeSpace": {"processing": 0, "replication": 0},
+                "backup": {"store": "filesystem", "filesystem": {"directory": str(d / "b")}},
             },
             "exporters": {"region0": {"type": "file", "args": {"path": str(d / "x")}}},
             "security": {"tls": ClusterCA(d / "tls", "docs").tls_config(0)},

@@ -46,13 +46,14 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.metrics",
             "broker.diskspace",
             "broker.exporters",
+            "broker.backup.store",
         ),
     ),
     (
         "network and client",
         ("broker.transport", "broker.client", "broker.batching", "broker.ioloop"),
     ),
-    ("node", ("broker.node", "broker.daemon")),
+    ("node", ("broker.node", "broker.daemon", "broker.backup")),
     ("toolkit", ("broker.ops", "broker.lab", "broker.ctl", "broker.demo")),
     ("entry points", ("broker.cli", "broker.__main__")),
 ]
