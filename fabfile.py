@@ -11,17 +11,21 @@
     fab heal-region --region region1
     fab rolling-restart                          # one broker at a time, region by region
     fab stop-region --region region1 --dry-run   # every task that changes things has --dry-run
+    fab backup                                   # a backup of every partition (next free id)
+    fab verify --json                            # any task: one JSON document on stdout
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
 ``BROKER_INVENTORY`` environment variable, else ``inventories/local/hosts.yml``; a
 file or a directory, read by ansible-core as ansible-playbook reads it. Vault-encrypted
 values need ``ANSIBLE_VAULT_PASSWORD_FILE`` or ``fab --vault-password-file FILE task``.
 Every task that changes the cluster writes a JSON audit record under ``var/ops/audit/`` (or
-``$BROKER_OPS_AUDIT_DIR``).
+``$BROKER_OPS_AUDIT_DIR``). With ``--json`` a task prints its result (every step, the outcome,
+its figures) as one JSON document on stdout, for scripts; progress and tables go to stderr.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from datetime import UTC, datetime
@@ -33,6 +37,7 @@ from rich.console import Console
 
 from broker.ops import InventoryControl, InventoryError, load_inventory
 from broker.ops.api import API_FORMS, DEFAULT_FORM
+from broker.ops.backup import BACKUP_STEPS, run_backup
 from broker.ops.drill import DRILL_STEPS, print_drill_figures, run_drill
 from broker.ops.failback import run_failback
 from broker.ops.failover import failover_seconds, run_failover
@@ -53,6 +58,16 @@ AUDIT_DIR = Path(os.environ.get("BROKER_OPS_AUDIT_DIR") or PROJECT / "var" / "op
 FAILOVER_STEPS = 8
 FAILBACK_STEPS = 9
 console = Console()
+progress_console = Console(stderr=True)  # with --json, stdout carries the document alone
+JSON_HELP = "print the result as one JSON document on stdout (progress goes to stderr)"
+
+
+def _console(json_: bool) -> Console:
+    return progress_console if json_ else console
+
+
+def _print_json(doc) -> None:
+    print(json.dumps(doc, indent=2, default=str))
 
 
 def _take_leading_inventory_flag() -> str | None:
@@ -114,22 +129,39 @@ def _api_form(api: str) -> str:
     return api
 
 
-def _typed_confirmation(word: str):
+def _typed_confirmation(word: str, json_: bool = False):
     """Destructive steps ask the operator to type ``word`` (the region); no terminal: no."""
+    out = _console(json_)
 
     def confirm(question: str) -> bool:
         if not sys.stdin.isatty():
-            console.print(f"[bold red]{question}[/bold red]\nno terminal to confirm on: use --yes")
+            out.print(f"[bold red]{question}[/bold red]\nno terminal to confirm on: use --yes")
             return False
-        console.print(f"[bold yellow]{question}[/bold yellow]")
-        return input(f"Type {word!r} to go ahead, anything else stops: ").strip() == word
+        out.print(f"[bold yellow]{question}[/bold yellow]")
+        out.print(f"Type {word!r} to go ahead, anything else stops: ", end="")
+        return input().strip() == word
 
     return confirm
 
 
-def _finish(procedure: str, region: str, results, total: int, started, options, cluster) -> dict:
-    title = f"{procedure} of {region}"
-    print_summary(results, total, title, console, dry_run=options["dryRun"])
+def _finish(
+    procedure: str,
+    region: str,
+    results,
+    total: int,
+    started,
+    options,
+    cluster,
+    json_: bool = False,
+    extra: dict | None = None,
+    audit: bool = True,
+    title: str | None = None,
+) -> dict:
+    """Summary table, audit record (``audit``: the task changes things), and with
+    ``json_`` the record (plus ``extra`` figures) as the one document on stdout."""
+    out = _console(json_)
+    title = title or f"{procedure} of {region}"
+    print_summary(results, total, title, out, dry_run=options.get("dryRun", False))
     record = audit_record(
         procedure,
         region,
@@ -139,8 +171,12 @@ def _finish(procedure: str, region: str, results, total: int, started, options, 
         options=options,
         inventory=cluster.source,
     )
-    path = write_audit(record, AUDIT_DIR)
-    console.print(f"audit record: {path}")
+    record.update(extra or {})
+    if audit:
+        path = write_audit(record, AUDIT_DIR)
+        out.print(f"audit record: {path}")
+    if json_:
+        _print_json(record)
     return record
 
 
@@ -149,21 +185,36 @@ def _exit_unless_completed(record: dict) -> None:
         raise Exit(code=1)
 
 
-@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
-def status(c, inventory=None):
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
+def status(c, inventory=None, json_=False):
     """Show brokers, leaders, placement, exporters and any pending topology change."""
     cluster = _cluster(inventory)
-    state = print_status(cluster, console)
+    state = print_status(cluster, _console(json_))
+    if json_:
+        _print_json(state)
     if not state["answering"]:
         raise Exit(code=1)
 
 
-@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
-def verify(c, inventory=None):
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "json": JSON_HELP})
+def verify(c, inventory=None, json_=False):
     """Verify leaders, RF and per-region placement, and a write+read on every partition."""
     cluster = _cluster(inventory)
-    results = run_verify(cluster, progress=ConsoleProgress(console))
-    print_summary(results, VERIFY_STEPS, f"verify {cluster.name}", console)
+    started = datetime.now(UTC)
+    results = run_verify(cluster, progress=ConsoleProgress(_console(json_)))
+    title = f"verify {cluster.name}"
+    _finish(
+        "verify",
+        "all",
+        results,
+        VERIFY_STEPS,
+        started,
+        {},
+        cluster,
+        json_,
+        audit=False,
+        title=title,
+    )
     if len(results) < VERIFY_STEPS or results[-1].failed:
         raise Exit(code=1)
 
@@ -177,6 +228,7 @@ def verify(c, inventory=None):
         "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
         "allow-removing-reachable-brokers": "DANGER: force out a region that still answers",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
 def failover(
@@ -187,6 +239,7 @@ def failover(
     api=DEFAULT_FORM,
     allow_removing_reachable_brokers=False,
     inventory=None,
+    json_=False,
 ):
     """Fail over from a lost region: confirm, force-remove it, disable its exporter, verify."""
     cluster = _cluster(inventory)
@@ -196,18 +249,30 @@ def failover(
         _region(cluster, lost_region),
         dry_run=dry_run,
         yes=yes,
-        confirm=_typed_confirmation(lost_region),
+        confirm=_typed_confirmation(lost_region, json_),
         api=_api_form(api),
-        progress=ConsoleProgress(console),
+        progress=ConsoleProgress(_console(json_)),
         override_reachable=allow_removing_reachable_brokers,
         control=InventoryControl(),
     )
     options = {"dryRun": dry_run, "yes": yes, "api": api}
     options["allowRemovingReachableBrokers"] = allow_removing_reachable_brokers
-    record = _finish("failover", lost_region, results, FAILOVER_STEPS, started, options, cluster)
     seconds = failover_seconds(results)
+    record = _finish(
+        "failover",
+        lost_region,
+        results,
+        FAILOVER_STEPS,
+        started,
+        options,
+        cluster,
+        json_,
+        extra={"writableAfterSeconds": seconds},
+    )
     if seconds is not None:
-        console.print(f"every partition took a write {seconds:.1f}s after the failover started")
+        _console(json_).print(
+            f"every partition took a write {seconds:.1f}s after the failover started"
+        )
     _exit_unless_completed(record)
 
 
@@ -220,10 +285,18 @@ def failover(
         "api": f"management API form: {' or '.join(API_FORMS)} (default {DEFAULT_FORM})",
         "sink-restored": "the region's export sink was restored by hand; do not copy it",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
 def failback(
-    c, region, dry_run=False, yes=False, api=DEFAULT_FORM, sink_restored=False, inventory=None
+    c,
+    region,
+    dry_run=False,
+    yes=False,
+    api=DEFAULT_FORM,
+    sink_restored=False,
+    inventory=None,
+    json_=False,
 ):
     """Bring a recreated region back: start it, restore its exporter, add it back at full RF."""
     cluster = _cluster(inventory)
@@ -233,15 +306,15 @@ def failback(
         _region(cluster, region),
         dry_run=dry_run,
         yes=yes,
-        confirm=_typed_confirmation(region),
+        confirm=_typed_confirmation(region, json_),
         api=_api_form(api),
-        progress=ConsoleProgress(console),
+        progress=ConsoleProgress(_console(json_)),
         control=InventoryControl(),
         sink_restored=sink_restored,
     )
     options = {"dryRun": dry_run, "yes": yes, "api": api, "sinkRestored": sink_restored}
     _exit_unless_completed(
-        _finish("failback", region, results, FAILBACK_STEPS, started, options, cluster)
+        _finish("failback", region, results, FAILBACK_STEPS, started, options, cluster, json_)
     )
 
 
@@ -254,35 +327,56 @@ def failback(
         "rate": "records per second of the write load (default 200)",
         "dry-run": "change nothing: check the cluster, say what each step would do",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, dry_run=False, inventory=None):
+def drill(
+    c,
+    region,
+    yes=False,
+    api=DEFAULT_FORM,
+    rate=200.0,
+    dry_run=False,
+    inventory=None,
+    json_=False,
+):
     """Drill a region loss under load: kill+wipe it, fail over, fail back, check nothing lost."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
+    out = _console(json_)
     options = {"dryRun": dry_run, "yes": yes, "api": api, "rate": float(rate)}
     if dry_run:
         _api_form(api)
         results = dry_run_drill(
-            cluster, _region(cluster, region), rate=float(rate), progress=ConsoleProgress(console)
+            cluster, _region(cluster, region), rate=float(rate), progress=ConsoleProgress(out)
         )
-        record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster)
+        record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster, json_)
         _exit_unless_completed(record)
         return
-    nested = ConsoleProgress(console, indent="        ")
+    nested = ConsoleProgress(out, indent="        ")
     results, figures = run_drill(
         cluster,
         _region(cluster, region),
         control=InventoryControl(),
         yes=yes,
-        confirm=_typed_confirmation(region),
+        confirm=_typed_confirmation(region, json_),
         api=_api_form(api),
-        progress=ConsoleProgress(console),
+        progress=ConsoleProgress(out),
         nested_progress=nested,
         rate=float(rate),
     )
-    record = _finish("drill", region, results, DRILL_STEPS, started, options, cluster)
-    print_drill_figures(figures, console)
+    print_drill_figures(figures, out)
+    record = _finish(
+        "drill",
+        region,
+        results,
+        DRILL_STEPS,
+        started,
+        options,
+        cluster,
+        json_,
+        extra={"figures": figures},
+    )
     _exit_unless_completed(record)
 
 
@@ -293,9 +387,10 @@ def drill(c, region, yes=False, api=DEFAULT_FORM, rate=200.0, dry_run=False, inv
         "dry-run": "change nothing; say what would be cut",
         "yes": "do not ask",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def isolate_region(c, region, dry_run=False, yes=False, inventory=None):
+def isolate_region(c, region, dry_run=False, yes=False, inventory=None, json_=False):
     """Cut a region off from the other (nftables on its hosts); SSH from here keeps working."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
@@ -304,11 +399,11 @@ def isolate_region(c, region, dry_run=False, yes=False, inventory=None):
         _region(cluster, region),
         dry_run=dry_run,
         yes=yes,
-        confirm=_typed_confirmation(region),
-        progress=ConsoleProgress(console),
+        confirm=_typed_confirmation(region, json_),
+        progress=ConsoleProgress(_console(json_)),
     )
     options = {"dryRun": dry_run, "yes": yes}
-    _exit_unless_completed(_finish("isolate", region, results, 1, started, options, cluster))
+    _exit_unless_completed(_finish("isolate", region, results, 1, started, options, cluster, json_))
 
 
 @task(
@@ -317,17 +412,21 @@ def isolate_region(c, region, dry_run=False, yes=False, inventory=None):
         "region": "the region to reconnect",
         "dry-run": "change nothing",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def heal_region(c, region, dry_run=False, inventory=None):
+def heal_region(c, region, dry_run=False, inventory=None, json_=False):
     """Remove the isolate-region cut: traffic between the regions flows again."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
     results = run_heal(
-        cluster, _region(cluster, region), dry_run=dry_run, progress=ConsoleProgress(console)
+        cluster,
+        _region(cluster, region),
+        dry_run=dry_run,
+        progress=ConsoleProgress(_console(json_)),
     )
     options = {"dryRun": dry_run}
-    _exit_unless_completed(_finish("heal", region, results, 1, started, options, cluster))
+    _exit_unless_completed(_finish("heal", region, results, 1, started, options, cluster, json_))
 
 
 @task(
@@ -337,33 +436,37 @@ def heal_region(c, region, dry_run=False, inventory=None):
         "yes": "do not ask",
         "dry-run": "change nothing: check the cluster, list the restarts in their order",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def rolling_restart(c, region=None, yes=False, dry_run=False, inventory=None):
+def rolling_restart(c, region=None, yes=False, dry_run=False, inventory=None, json_=False):
     """Restart brokers one at a time, region by region, waiting for a whole cluster between."""
     cluster = _cluster(inventory)
     started = datetime.now(UTC)
     if region is not None:
         _region(cluster, region)
     order = restart_order(cluster, region)
+    out = _console(json_)
     if dry_run:
-        results = dry_run_rolling_restart(cluster, order, progress=ConsoleProgress(console))
+        results = dry_run_rolling_restart(cluster, order, progress=ConsoleProgress(out))
     else:
         results = run_rolling_restart(
             cluster,
             control=InventoryControl(),
             region=region,
             yes=yes,
-            confirm=_typed_confirmation(region or "all"),
-            progress=ConsoleProgress(console),
+            confirm=_typed_confirmation(region or "all", json_),
+            progress=ConsoleProgress(out),
         )
     total = 1 + len(order)
     options = {"dryRun": dry_run, "yes": yes}
-    record = _finish("rolling-restart", region or "all", results, total, started, options, cluster)
+    record = _finish(
+        "rolling-restart", region or "all", results, total, started, options, cluster, json_
+    )
     _exit_unless_completed(record)
 
 
-def _region_procedure(name: str, run, region: str, yes: bool, dry_run: bool, inventory):
+def _region_procedure(name: str, run, region: str, yes: bool, dry_run: bool, inventory, json_):
     """Stop or start a region's brokers (``run``), with the audit record every mutating
     task writes."""
     cluster = _cluster(inventory)
@@ -374,12 +477,12 @@ def _region_procedure(name: str, run, region: str, yes: bool, dry_run: bool, inv
         control=InventoryControl(),
         dry_run=dry_run,
         yes=yes,
-        confirm=_typed_confirmation(region),
-        progress=ConsoleProgress(console),
+        confirm=_typed_confirmation(region, json_),
+        progress=ConsoleProgress(_console(json_)),
     )
     total = len(cluster.in_region(region))
     options = {"dryRun": dry_run, "yes": yes}
-    _exit_unless_completed(_finish(name, region, results, total, started, options, cluster))
+    _exit_unless_completed(_finish(name, region, results, total, started, options, cluster, json_))
 
 
 @task(
@@ -389,11 +492,12 @@ def _region_procedure(name: str, run, region: str, yes: bool, dry_run: bool, inv
         "yes": "do not ask",
         "dry-run": "change nothing: say which brokers answer and what would stop them",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def stop_region(c, region, yes=False, dry_run=False, inventory=None):
+def stop_region(c, region, yes=False, dry_run=False, inventory=None, json_=False):
     """Stop every broker of a region (broker stop, or systemctl over SSH)."""
-    _region_procedure("stop-region", run_stop_region, region, yes, dry_run, inventory)
+    _region_procedure("stop-region", run_stop_region, region, yes, dry_run, inventory, json_)
 
 
 @task(
@@ -403,11 +507,12 @@ def stop_region(c, region, yes=False, dry_run=False, inventory=None):
         "yes": "do not ask (after a failover, only a rebuilt region with empty disks may start)",
         "dry-run": "change nothing: say which brokers answer and what would start the others",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
-def start_region(c, region, yes=False, dry_run=False, inventory=None):
+def start_region(c, region, yes=False, dry_run=False, inventory=None, json_=False):
     """Start every broker of a region (broker start, or systemctl over SSH)."""
-    _region_procedure("start-region", run_start_region, region, yes, dry_run, inventory)
+    _region_procedure("start-region", run_start_region, region, yes, dry_run, inventory, json_)
 
 
 @task(
@@ -423,6 +528,7 @@ def start_region(c, region, yes=False, dry_run=False, inventory=None):
         "dry-run": "print every step with its commands filled in; run nothing",
         "from-step": "start at this step (resume once a failed step is sorted out)",
         "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
     },
 )
 def runbook(
@@ -436,6 +542,7 @@ def runbook(
     dry_run=False,
     from_step=1,
     inventory=None,
+    json_=False,
 ):
     """Walk through a runbook: each step shown, run and verified; destructive ones asked."""
     from broker.ops import runbook as runbooks
@@ -456,7 +563,8 @@ def runbook(
     try:
         book = runbooks.load(name)
         params = runbooks.resolve_parameters(book, given, inventory=path)
-        confirm = runbooks.terminal_confirm(runbooks.confirmation_word(params), console)
+        out = _console(json_)
+        confirm = runbooks.terminal_confirm(runbooks.confirmation_word(params), out)
         record = runbooks.execute(
             book,
             params,
@@ -464,10 +572,52 @@ def runbook(
             confirm=confirm,
             dry_run=dry_run,
             from_step=int(from_step),
-            console=console,
+            console=out,
             resume=resume,
         )
     except runbooks.RunbookError as exc:
         raise Exit(f"fab: {exc}", code=2) from None
+    if json_:
+        _print_json(record)
     if record["outcome"] not in ("completed", "dry run"):
         raise Exit(code=1)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "backup-id": "the backup's id, above every earlier one (default: the next free id)",
+        "dry-run": "change nothing: check the cluster, list the backups the store holds",
+        "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
+    },
+)
+def backup(c, backup_id=None, dry_run=False, inventory=None, json_=False):
+    """Back up every partition at a checkpoint (writes go on) and wait until it completes."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    if backup_id is not None and not str(backup_id).isdigit():
+        raise Exit(f"fab: --backup-id must be a positive integer, not {backup_id!r}", code=2)
+    try:
+        results, used = run_backup(
+            cluster,
+            int(backup_id) if backup_id is not None else None,
+            dry_run=dry_run,
+            progress=ConsoleProgress(_console(json_)),
+        )
+    except Exception as exc:  # no management API answers: nothing was asked
+        raise Exit(f"fab: {getattr(exc, 'saw', exc)}", code=1) from None
+    options = {"dryRun": dry_run, "backupId": used}
+    checkpoints = next((r.data.get("checkpoints") for r in results if r.data), None)
+    record = _finish(
+        "backup",
+        "all",
+        results,
+        BACKUP_STEPS,
+        started,
+        options,
+        cluster,
+        json_,
+        extra={"backupId": used, "checkpoints": checkpoints},
+    )
+    _exit_unless_completed(record)

@@ -126,6 +126,9 @@ def dual(tmp_path):
     overrides = {
         **FAST,
         "exporters": {r: {"type": "file", "args": {"path": sinks[r]}} for r in REGIONS},
+        "data": {
+            "backup": {"store": "filesystem", "filesystem": {"directory": str(tmp_path / "bk")}}
+        },
     }
     c = LocalCluster(
         str(tmp_path / "c"), size=4, partitions=4, replication_factor=4, overrides=overrides

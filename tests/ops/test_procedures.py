@@ -7,6 +7,7 @@ drives it only through broker.ops (or fab), as an operator would.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -362,6 +363,7 @@ def test_fab_lists_the_tasks_and_runs_them_against_the_cluster(dual, tmp_path):
         "isolate-region": "Cut a region off from the other",
         "heal-region": "Remove the isolate-region cut",
         "rolling-restart": "Restart brokers one at a time",
+        "backup": "Back up every partition at a checkpoint",
     }.items():
         assert any(
             line.split()[:1] == [name] and words in line for line in listed.stdout.splitlines()
@@ -380,3 +382,50 @@ def test_fab_lists_the_tasks_and_runs_them_against_the_cluster(dual, tmp_path):
     assert refused.returncode == 1
     assert "region1 is UP" in refused.stdout
     assert len(os.listdir(tmp_path / "audit")) == 1
+
+
+def test_fab_backup_takes_the_next_id_and_every_task_speaks_json(dual, tmp_path):
+    """fab backup: a checkpoint on every partition, waited until COMPLETED, the next free
+    id by default; a stale id is refused naming the fix; --json prints one document."""
+    env = {"BROKER_OPS_AUDIT_DIR": str(tmp_path / "audit")}
+    inv = ("--inventory", str(dual.inventory))
+    with dual.c.client() as client:
+        for i in range(40):
+            client.append(f"r{i}")
+    first = fab("backup", *inv, "--json", env=env)
+    assert first.returncode == 0, first.stdout + first.stderr
+    doc = json.loads(first.stdout)  # stdout is the document alone
+    assert doc["procedure"] == "backup" and doc["outcome"] == "completed"
+    assert doc["backupId"] == 1 and sorted(doc["checkpoints"]) == ["1", "2", "3", "4"]
+    assert sum(doc["checkpoints"].values()) == 40  # every record before the cut
+    assert [s["name"] for s in doc["steps"]] == [
+        "wait_for_leaders",
+        "request_backup",
+        "wait_completed",
+    ]
+    assert len(os.listdir(tmp_path / "audit")) == 1
+    state = dual.c.get_json(0, "/actuator/backups/1")
+    assert state["state"] == "COMPLETED"
+
+    second = fab("backup", *inv, env=env)  # no id: the next one
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "backup of all: completed" in second.stdout
+    assert dual.c.get_json(1, "/actuator/backups/2")["state"] == "COMPLETED"
+
+    stale = fab("backup", *inv, "--backup-id", "2", "--json", env=env)
+    assert stale.returncode == 1
+    failed = json.loads(stale.stdout)
+    assert failed["outcome"].startswith("failed")
+    assert "pick a larger --backup-id" in failed["steps"][-1]["did"]
+
+    dry = fab("backup", *inv, "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    assert "would take backup 3" in json.loads(dry.stdout)["steps"][1]["did"]
+    assert dual.c.get_json(0, "/actuator/backups/3")["state"] == "DOES_NOT_EXIST"
+
+    verified = fab("verify", *inv, "--json")
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(verified.stdout)["outcome"] == "completed"
+    shown = fab("status", *inv, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["answering"]
