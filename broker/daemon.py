@@ -287,16 +287,21 @@ def stop(config: str | None, wait: float = 30.0, kill: bool = False) -> int:
     return 0
 
 
-def wipe_data(config: str | None) -> int:
-    """Delete the data directory's contents: the broker is then what a rebuilt host runs
-    (no log, no topology). Refused while the broker runs."""
-    cfg = _load(config)
-    pid_file, _ = _paths(cfg)
-    pid = _running_pid(pid_file)
+def _refuse_while_running(cfg) -> bool:
+    """True (and says so) when this broker's daemon runs: its data is not to be touched."""
+    pid = _running_pid(_paths(cfg)[0])
     if pid is not None:
         print(
             f"broker {cfg.cluster.node_id} is running (pid {pid}): stop it first", file=sys.stderr
         )
+    return pid is not None
+
+
+def wipe_data(config: str | None) -> int:
+    """Delete the data directory's contents: the broker is then what a rebuilt host runs
+    (no log, no topology). Refused while the broker runs."""
+    cfg = _load(config)
+    if _refuse_while_running(cfg):
         return 1
     directory = cfg.data.directory
     if not os.path.isdir(directory):
@@ -318,12 +323,7 @@ def restore(config: str | None, backup_id: int) -> int:
     from broker.backup.restore import restore as restore_backup
 
     cfg = _load(config)
-    pid_file, _ = _paths(cfg)
-    pid = _running_pid(pid_file)
-    if pid is not None:
-        print(
-            f"broker {cfg.cluster.node_id} is running (pid {pid}): stop it first", file=sys.stderr
-        )
+    if _refuse_while_running(cfg):
         return 1
     try:
         restore_backup(cfg, backup_id)

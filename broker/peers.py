@@ -18,6 +18,7 @@ class Member:
     internal_port: int = 0
     gateway_port: int = 0
     management_port: int = 0
+    version: str = ""  # the broker's software version ("" from brokers that predate it)
     partitions: dict[int, dict] = field(default_factory=dict)  # id -> {role, term, leader, ...}
     last_seen: float = 0.0
 
@@ -29,5 +30,6 @@ class Member:
             "internal": self.internal_port,
             "gateway": self.gateway_port,
             "management": self.management_port,
+            "version": self.version,
             "partitions": {str(k): v for k, v in self.partitions.items()},
         }

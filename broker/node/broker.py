@@ -240,6 +240,7 @@ class Broker:
                 internal_port=self.internal.port,
                 gateway_port=self.gateway_transport.port,
                 management_port=self.management.port,
+                version=__version__,
             ),
             list(c.initial_contact_points),
             self.internal,
@@ -471,9 +472,8 @@ class Broker:
                     "brokerId": str(node_id),
                     "host": m.host,
                     "port": m.gateway_port,
-                    # Membership gossip carries no software version, so every broker
-                    # is reported with this broker's own.
-                    "version": __version__,
+                    # as gossiped ("" from a broker too old to say)
+                    "version": __version__ if node_id == self.node_id else m.version,
                     "region": m.region,
                     "alive": alive,
                     "partitions": [

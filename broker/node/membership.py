@@ -41,6 +41,7 @@ from broker.transport import HandshakeRejected
 from broker.wire import ProtocolError
 
 log = logging.getLogger(__name__)
+MAX_VERSION_CHARS = 64
 
 MAX_WAIT = 0.05  # longest sleep between ticks
 PROBE_TIMEOUT = 1.0  # how long ``reachable`` waits for the ack of its direct ping
@@ -284,6 +285,7 @@ class SwimMembership:
                 internal_port=int(meta.get("internal", 0)),
                 gateway_port=int(meta.get("gateway", 0)),
                 management_port=int(meta.get("management", 0)),
+                version=_version(meta.get("version")),
                 partitions={
                     int(k): {**v, "term": int(v.get("term", 0))}  # leader_of compares terms
                     for k, v in meta.get("partitions", {}).items()
@@ -348,3 +350,8 @@ def _normalized(meta: dict) -> dict:
     # The msgpack round trip makes it exactly what others will hear (str
     # keys, lists not tuples), so that equal metadata compares equal.
     return msgpack.unpackb(msgpack.packb(meta))
+
+
+def _version(value) -> str:
+    """A gossiped software version: a short string, else unknown ("")."""
+    return value if type(value) is str and len(value) <= MAX_VERSION_CHARS else ""

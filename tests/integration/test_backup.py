@@ -6,6 +6,7 @@ checkpoint, at the same positions."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -165,3 +166,13 @@ def test_bad_backup_requests_get_a_4xx_naming_what_is_wrong(cluster):
     assert [d["backupId"] for d in call(c, 0, "GET", "/actuator/backups")[1]] == [1]
     assert call(c, 0, "DELETE", "/actuator/backups/1") == (204, None)
     assert call(c, 0, "GET", "/actuator/backups/1")[1]["state"] == "DOES_NOT_EXIST"
+    # never under a running broker (its pid file names a live `broker run`)
+    pid_file = os.path.join(c.data_dir(0), "broker.pid")
+    with open(pid_file, "w") as f:
+        f.write(str(c.procs[0].pid))
+    try:
+        running = broker_cli(c, 0, "restore", "--backup-id", "1")
+    finally:
+        os.unlink(pid_file)
+    assert running.returncode == 1
+    assert f"is running (pid {c.procs[0].pid}): stop it first" in running.stderr

@@ -61,6 +61,7 @@ def cluster():
                 internal_port=n.transport.port,
                 gateway_port=26500 + n.node_id,
                 management_port=9600 + n.node_id,
+                version=f"1.{n.node_id}.0",  # a rolling upgrade: each on its own version
             )
             n.membership = SwimMembership(
                 me, [contact], n.transport, CLUSTER, lambda n=n: n.partitions, **FAST
@@ -82,12 +83,20 @@ def agreed(nodes: list[Node]) -> bool:
             if states.get(n.node_id) != "ALIVE" or m is None:
                 return False
             own = n.membership.me
-            if (m.region, m.host, m.internal_port, m.gateway_port, m.management_port) != (
+            if (
+                m.region,
+                m.host,
+                m.internal_port,
+                m.gateway_port,
+                m.management_port,
+                m.version,
+            ) != (
                 own.region,
                 own.host,
                 own.internal_port,
                 own.gateway_port,
                 own.management_port,
+                own.version,
             ) or m.partitions != n.partitions:
                 return False
     return True
@@ -104,6 +113,7 @@ def test_members_meet_through_one_contact_point_and_agree_on_metadata(cluster):
         assert n.membership.leader_of(2) == 2
         assert n.membership.leader_of(3) is None
         assert n.membership.members[1].region == "region1"
+        assert n.membership.members[2].version == "1.2.0"
     # A new leader in a higher term wins everywhere once its metadata spreads.
     a.claim(1, "leader", 3)
     wait_until(lambda: all(n.membership.leader_of(1) == 0 for n in cluster), timeout=5)
@@ -135,3 +145,10 @@ def test_malformed_gossip_is_logged_and_dropped(cluster, caplog):
     c.transport.send_gossip(0, {"me": {"id": 2}, "known": {}})
     wait_until(lambda: "malformed gossip from 2: unknown kind None" in caplog.text, timeout=5)
     assert agreed(cluster)
+
+
+def test_a_gossiped_version_is_a_short_string_or_unknown():
+    from broker.node.membership import MAX_VERSION_CHARS, _version
+
+    assert _version("8.8.1") == "8.8.1"
+    assert _version(None) == _version(7) == _version("x" * (MAX_VERSION_CHARS + 1)) == ""
