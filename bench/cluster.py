@@ -90,16 +90,9 @@ def _result(out: str, err: str) -> dict:
     return json.loads(out)
 
 
-def _load(
-    addresses: str,
-    duration: float,
-    inflight: int,
-    partition=None,
-    rate=None,
-    tls=None,
-    batch=BATCH,
-) -> dict:
-    cmd = _load_cmd(addresses, duration, inflight, partition, rate, tls, batch)
+def _load(addresses: str, duration: float, inflight: int, **options) -> dict:
+    """Run one load process (``_load_cmd``'s options) and return its report."""
+    cmd = _load_cmd(addresses, duration, inflight, **options)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     return _result(out.stdout, out.stderr)
 
@@ -164,7 +157,9 @@ def _single(c: LocalCluster, leader: int) -> dict:
     """The same load with one record per request: what a client that does not batch
     gets (every record pays a request's decoding, routing and answer)."""
     cpu0 = _cpu_seconds(c.procs[leader].pid)
-    rounds = [_load(c.gateway(leader), DURATION, WINDOW, 1, batch=1) for _ in range(ROUNDS)]
+    rounds = [
+        _load(c.gateway(leader), DURATION, WINDOW, partition=1, batch=1) for _ in range(ROUNDS)
+    ]
     per_record = (_cpu_seconds(c.procs[leader].pid) - cpu0) / sum(r["committed"] for r in rounds)
     best = statistics.median(r["records_per_s"] for r in rounds)
     mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
