@@ -45,13 +45,12 @@ class _Unlinker:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._idle = threading.Condition()
+        self._idle = threading.Condition()  # guards _pending and _thread
         self._pending = 0
-        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def put(self, path: str) -> None:
-        with self._lock:
+        with self._idle:
             self._pending += 1
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="unlinker", daemon=True)
