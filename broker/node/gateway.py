@@ -175,21 +175,20 @@ def code_label(result: dict) -> str:
 class Parsed:
     """A valid request: its op, partition (None: any, or topology), command (the
     bytes to propose, a function of the Raft core for control commands, None for
-    topology), its own timeout (None: the gateway's) and how many commands the
-    bytes hold (an append of many records holds one per record: ``commands``)."""
+    topology) and its own timeout (None: the gateway's)."""
 
     op: str
     partition: int | None
     command: Any
     timeout: float | None
-    count: int = 1
 
 
-def commands(body: dict) -> int:
-    """How many commands a validated request proposes: one per record of an
-    append of ``records``, else one."""
+def commands(body: dict) -> int | None:
+    """How many commands a validated append of ``records`` proposes (one per record,
+    answered once with the first position and the count); None for any other
+    request (one command, one result)."""
     records = body.get("records")
-    return len(records) if type(records) is list and body.get("op") == "append" else 1
+    return len(records) if type(records) is list and body.get("op") == "append" else None
 
 
 def parse_request(
@@ -216,19 +215,18 @@ def parse_request(
         )
     if op == "topology":
         return Parsed(op, None, None, timeout)
-    count = 1
     if op == "append" and "records" in body:
-        pid, command, count = _append_many(body, partitions_count)
+        pid, command = _append_many(body, partitions_count)
     else:
         pid, command = _command(op, body, partitions_count)
     if type(command) is bytes:
         limit = max_command_size(max_frame_size)
         if len(command) > limit:
             raise RequestError("INVALID_ARGUMENT", command_too_large(len(command), max_frame_size))
-    return Parsed(op, pid, command, timeout, count)
+    return Parsed(op, pid, command, timeout)
 
 
-def _append_many(body: dict, p: int) -> tuple[int | None, bytes, int]:
+def _append_many(body: dict, p: int) -> tuple[int | None, bytes]:
     """An append of ``records`` (instead of ``data``): one append command per record,
     proposed as one (so they commit in one entry, at consecutive positions)."""
     if "data" in body:
@@ -244,7 +242,7 @@ def _append_many(body: dict, p: int) -> tuple[int | None, bytes, int]:
         raise RequestError("INVALID_ARGUMENT", "every record in 'records' must be bytes")
     if str in kinds:
         records = [_need({"record": r}, "record", bytes) for r in records]
-    return pid, sm.encode_appends(records), len(records)
+    return pid, sm.encode_appends(records)
 
 
 def _partition(body: dict, p: int, optional: bool = False) -> int | None:
@@ -553,14 +551,10 @@ class Gateway:
             runner.call(command).add_done_callback(called)
         else:
             count = commands(body)
-            if count > 1:
-                runner.propose(command, done, count)
-            elif (
-                body.get("op") == "append" and "records" in body
-            ):  # one record: its answer says so like any other's
-                runner.propose(command, lambda r: done({**r, "count": 1} if r.get("ok") else r))
-            else:
+            if count is None:
                 runner.propose(command, done)
+            else:
+                runner.propose(command, done, count)
 
     def _forward(self, leader, pid, body, deadline, reply, retry) -> None:
         remaining = max(0.0, deadline - time.monotonic())

@@ -171,10 +171,10 @@ class PartitionRunner:
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._inbox_lock = threading.Lock()
         self._inbox_bytes = 0
-        # entry index -> (term, [(done callback, t0, commands) per proposal in the entry])
-        self._pending: dict[int, tuple[int, list[tuple[Callable, float, int]]]] = {}
-        # proposals of this turn: (command bytes, done, t0, how many commands they hold)
-        self._batch: list[tuple[bytes, Callable, float, int]] = []
+        # entry index -> (term, [(done callback, t0, count) per proposal in the entry])
+        self._pending: dict[int, tuple[int, list[tuple[Callable, float, int | None]]]] = {}
+        # proposals of this turn: (command bytes, done, t0, count: None for one command)
+        self._batch: list[tuple[bytes, Callable, float, int | None]] = []
         # Delayed flush: written but not yet fsynced, with what waits for the fsync.
         self._unflushed_entries = 0
         self._held: list = []  # messages_after_persist waiting for the fsync
@@ -374,9 +374,12 @@ class PartitionRunner:
             return
         self._inbox.put(msg)
 
-    def propose(self, command: bytes, done: Callable[[dict], None], count: int = 1) -> None:
-        """Propose ``command`` (``count`` commands back to back: appends of many
-        records); ``done(result)`` is called once, on the partition thread (on the
+    def propose(
+        self, command: bytes, done: Callable[[dict], None], count: int | None = None
+    ) -> None:
+        """Propose ``command``: one command, or with ``count`` that many back to back
+        (appends of many records, answered once with the first position and the
+        count); ``done(result)`` is called once, on the partition thread (on the
         caller's thread, at once, when the inbox is full). Inside a
         ``PROPOSALS.turn()`` the caller's proposals reach the inbox together when the
         turn ends."""
@@ -735,11 +738,13 @@ class PartitionRunner:
             for done, t0, count in futures:
                 if latency is not None:
                     latency.observe(now - t0)
-                if count == 1 and at < len(results):
+                if count is None and at < len(results):
                     done(results[at])
+                    at += 1
                 else:
-                    done(_combined(results[at : at + count], count))
-                at += count
+                    n = count or 1
+                    done(_combined(results[at : at + n], n))
+                    at += n
         if applied and self.metrics:
             self.metrics.records_committed.labels(self._label).inc(applied)
         self.node.log.release(min(self.journal.durable_index, state.applied_index), LOG_CACHE_BYTES)
