@@ -2,7 +2,8 @@
 
 ``POST /actuator/backups`` ``{"backupId": N}`` → 202 once every partition has
 committed its checkpoint (the backup's cut is then fixed; the copies go on in
-the background), 409 if the id exists or is not above the newest, 400 for a bad
+the background), 409 if the id exists or is not above the newest or while the
+newest backup is still IN_PROGRESS, 400 for a bad
 id or when no store is configured, 503 naming the partitions that could not
 checkpoint (their backups are marked FAILED). ``GET /actuator/backups/{id}``
 → the state and a detail per partition; ``GET /actuator/backups`` → all of
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 
 from broker import __version__
-from broker.backup.store import BackupExists, BackupStore, status
+from broker.backup.store import IN_PROGRESS, BackupExists, BackupStore, status
 from broker.node.management import (
     HttpError,
     Request,
@@ -50,7 +51,12 @@ class Backups:
         self.timeout = timeout
 
     def take(self, backup_id: int) -> dict:
-        """Record the backup, then checkpoint every partition; raises BackupExists."""
+        """Record the backup, then checkpoint every partition; raises BackupExists when
+        the id is taken or too low, or while the newest backup is still being copied
+        (one at a time: what a broker queues for copying stays bounded)."""
+        ids = self.store.ids()
+        if ids and status(self.store, ids[-1])["state"] == IN_PROGRESS:
+            raise BackupExists(f"backup {ids[-1]} is still in progress; try again once it ends")
         now = time.time()
         self.store.create(
             backup_id,

@@ -116,3 +116,17 @@ def test_the_store_reports_each_state(tmp_path):
     out = tmp_path / "out"
     assert store.get_partition(2, 1, str(out)) == {"files": ["seg"]}
     assert (out / "seg").read_bytes() == b"0123456789"
+
+
+def test_a_backup_waits_for_the_one_in_progress(tmp_path):
+    """One backup at a time: while the newest is still being copied, another is
+    refused (409) and no checkpoint is proposed."""
+    from broker.backup.api import Backups
+
+    store = st.FilesystemStore(str(tmp_path / "store"))
+    proposed = []
+    backups = Backups(store, lambda body, timeout: proposed.append(body), 2, lambda: {})
+    store.create(1, {"partitionsCount": 2, "requestedAtEpoch": 1e12})  # not copied yet
+    with pytest.raises(st.BackupExists, match="backup 1 is still in progress"):
+        backups.take(2)
+    assert proposed == [] and store.ids() == [1]
