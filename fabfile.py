@@ -36,7 +36,7 @@ from invoke.exceptions import Exit
 from rich.console import Console
 
 from broker.ops import InventoryControl, InventoryError, load_inventory
-from broker.ops.api import API_FORMS, DEFAULT_FORM
+from broker.ops.api import API_FORMS, DEFAULT_FORM, ApiError
 from broker.ops.backup import BACKUP_STEPS, run_backup
 from broker.ops.drill import DRILL_STEPS, print_drill_figures, run_drill
 from broker.ops.failback import run_failback
@@ -51,6 +51,7 @@ from broker.ops.regions import (
 from broker.ops.report import ConsoleProgress, audit_record, print_summary, write_audit
 from broker.ops.rolling import restart_order, run_rolling_restart
 from broker.ops.status import VERIFY_STEPS, print_status, run_verify
+from broker.ops.steps import StepFailed
 
 PROJECT = Path(__file__).resolve().parent
 DEFAULT_INVENTORY = PROJECT / "inventories" / "local" / "hosts.yml"
@@ -605,8 +606,10 @@ def backup(c, backup_id=None, dry_run=False, inventory=None, json_=False):
             dry_run=dry_run,
             progress=ConsoleProgress(_console(json_)),
         )
-    except Exception as exc:  # no management API answers: nothing was asked
-        raise Exit(f"fab: {getattr(exc, 'saw', exc)}", code=1) from None
+    except StepFailed as exc:  # no management API answers: nothing was asked
+        raise Exit(f"fab: {exc.saw}", code=1) from None
+    except ApiError as exc:  # finding the next free id failed
+        raise Exit(f"fab: {exc}", code=1) from None
     options = {"dryRun": dry_run, "backupId": used}
     checkpoints = next((r.data.get("checkpoints") for r in results if r.data), None)
     record = _finish(
