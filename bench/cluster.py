@@ -84,6 +84,12 @@ def _load_cmd(
     return cmd
 
 
+def _median_round(rounds: list[dict]) -> tuple[float, dict]:
+    """The median records/s of ``rounds`` (an odd number) and the round that made it."""
+    best = statistics.median(r["records_per_s"] for r in rounds)
+    return best, rounds[[r["records_per_s"] for r in rounds].index(best)]
+
+
 def _result(out: str, err: str) -> dict:
     if not out.strip():
         raise RuntimeError(f"load process failed: {err.strip()[-500:]}")
@@ -108,8 +114,7 @@ def _broker_rf3(root: str) -> tuple[list[dict], float]:
         per_record = (_cpu_seconds(c.procs[leader].pid) - cpu0) / sum(
             r["committed"] for r in rounds
         )
-        best = statistics.median(r["records_per_s"] for r in rounds)
-        mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+        best, mid = _median_round(rounds)
         rows.append(
             {
                 "id": "rf3",
@@ -161,8 +166,7 @@ def _single(c: LocalCluster, leader: int) -> dict:
         _load(c.gateway(leader), DURATION, WINDOW, partition=1, batch=1) for _ in range(ROUNDS)
     ]
     per_record = (_cpu_seconds(c.procs[leader].pid) - cpu0) / sum(r["committed"] for r in rounds)
-    best = statistics.median(r["records_per_s"] for r in rounds)
-    mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+    best, mid = _median_round(rounds)
     return {
         "id": "rf3_single",
         "case": "broker: same, one record per request",
@@ -184,8 +188,7 @@ def _broker_rf3_tls(root: str, plain: float) -> list[dict]:
         tls, gateway = c.tls_files, c.gateway(leader)
         _load(gateway, 1.0, WINDOW, partition=1, tls=tls)  # warm-up
         rounds = [_load(gateway, DURATION, WINDOW, partition=1, tls=tls) for _ in range(ROUNDS)]
-        best = statistics.median(r["records_per_s"] for r in rounds)
-        mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+        best, mid = _median_round(rounds)
         half = _load(gateway, DURATION, WINDOW, partition=1, rate=best / 2, tls=tls)
     return [
         {
@@ -272,8 +275,7 @@ def _dual_region(root: str) -> dict:
         gateways, window = c.gateways(), DUAL_REGION_WINDOW * 8
         _load(gateways, 1.0, window)  # warm-up
         rounds = [_load(gateways, DURATION, window) for _ in range(ROUNDS)]
-    best = statistics.median(r["records_per_s"] for r in rounds)
-    mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+    best, mid = _median_round(rounds)
     return {
         "id": "dual_region",
         "case": "broker: 8 brokers, 8 partitions, RF 4 (two regions)",
@@ -336,8 +338,7 @@ def _with_hog(root: str, broker_idle: float, pysyncobj_idle: float) -> list[dict
             _load(gateway, 1.0, WINDOW, partition=1)  # warm-up
             rounds = [_load(gateway, DURATION, WINDOW, partition=1) for _ in range(ROUNDS)]
         pso = _pysyncobj(0.005, "tuned to 5 ms, with a CPU hog on one core", "pysyncobj_hog")
-    best = statistics.median(r["records_per_s"] for r in rounds)
-    mid = rounds[[r["records_per_s"] for r in rounds].index(best)]
+    best, mid = _median_round(rounds)
     kept, pso_kept = best / broker_idle, pso["records_s"] / pysyncobj_idle
     pso["ratios"] = {"kept_of_idle": pso_kept}
     pso["note"] += f"; keeps {pso_kept:.0%} of its idle throughput"
