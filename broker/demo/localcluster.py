@@ -67,7 +67,11 @@ class LocalCluster:
         cluster_name: str = "dual-region",
         tls: bool = False,
         client_auth: str = "none",
+        members: int | None = None,
     ):
+        """``members``: only brokers 0..members-1 form the cluster at first (their
+        config says so); the others are configured for the full ``size``, as a scale-out
+        deploys them, and join only once a topology change adds them."""
         self.root = os.path.abspath(root)
         self.size = size
         self.partitions = partitions
@@ -83,12 +87,14 @@ class LocalCluster:
         self._clients: list[BrokerClient] = []  # made by client(), closed by stop_all()
         if tls:
             self._issue_certificates()
-        contact = [f"127.0.0.1:{self.ports[i]['internal']}" for i in range(size)]
+        first = size if members is None else members
         for i in range(size):
+            known = first if i < first else size
+            contact = [f"127.0.0.1:{self.ports[n]['internal']}" for n in range(known)]
             cfg = {
                 "cluster": {
                     "nodeId": i,
-                    "clusterSize": size,
+                    "clusterSize": known,
                     "partitionsCount": partitions,
                     "replicationFactor": replication_factor,
                     "clusterName": cluster_name,

@@ -254,7 +254,9 @@ class Broker:
             suspect_probes=m.suspect_probes,
             sync_interval=m.sync_interval,
         )
-        self.topology_manager = TopologyManager(self, self._static_topology)
+        self.topology_manager = TopologyManager(
+            self, self._static_topology, initializer=self.node_id == 0
+        )
         self.topology_manager.start()  # starts the partitions this broker hosts
         self.exporters = ExporterRunner(
             self.node_id, cfg.exporters, self.runners, lambda: self.topology_manager.config
@@ -421,6 +423,8 @@ class Broker:
         the partition recovers by itself, a restart would not help); the overall
         status (``/actuator/health``) is DOWN until every partition is healthy."""
         started = self.started.is_set()
+        # a new broker is not ready until a peer gave it the cluster's configuration
+        configured = started and self.topology_manager.config.initialized
         runners = list(self.runners.items())
         dead = [pid for pid, r in runners if r.status.get("health") == "dead" or r.died]
         unhealthy = {
@@ -429,11 +433,13 @@ class Broker:
             if r.status.get("health") == "unhealthy"
         }
         details = {"partitions": sorted(self.runners), "dead": dead, "unhealthy": unhealthy}
+        if started and not configured:
+            details["configuration"] = "waiting for the cluster configuration from a peer"
         if self.disk is not None:
             details["diskSpace"] = self.disk.status()
         return {
             "startup": started,
-            "ready": started and not dead,
+            "ready": configured and not dead,
             "live": not dead,
             "healthy": not dead and not unhealthy,
             "details": details,

@@ -53,6 +53,7 @@ GOSSIP_INTERVAL = 1.0
 STEP_INTERVAL = 0.1
 RAFT_QUERY_TIMEOUT = 2.0  # reading our replica's Raft state before acting on a claim
 DELETE_RETRY = 60.0  # how long a refused deletion is checked again
+WAITING_LOG_INTERVAL = 30.0  # how often a broker without a configuration says so
 
 
 @dataclass
@@ -73,8 +74,21 @@ def now_iso() -> str:
 
 
 class TopologyManager:
-    def __init__(self, host: TopologyHost, static_initial: Callable[[], t.ClusterConfig]):
+    def __init__(
+        self,
+        host: TopologyHost,
+        static_initial: Callable[[], t.ClusterConfig],
+        *,
+        initializer: bool = True,
+    ):
         self.host = host
+        # Only the initializer (broker 0) builds a new cluster's configuration from
+        # the static config; every other new broker waits for a peer's copy. A broker
+        # added by a scale-out (its config already names the larger cluster) must not
+        # start partitions from a layout the cluster never agreed to.
+        self._initializer = initializer
+        self._waiting_since = time.monotonic()
+        self._waiting_logged = 0.0
         self.node_id = host.node_id
         self.path = os.path.join(host.data_directory, "topology.json")
         self._lock = threading.RLock()
@@ -110,6 +124,13 @@ class TopologyManager:
             log.info("topology version %d loaded from %s", cfg.version, self.path)
             return cfg
         except FileNotFoundError:
+            if not self._initializer:
+                log.info(
+                    "no cluster configuration on disk: waiting for a peer's "
+                    "(broker 0 initialises a new cluster; a broker added by scaling "
+                    "hosts partitions once a change adds it)"
+                )
+                return self._uninitialized(static_initial)
             cfg = static_initial()
             self._save(cfg)
             log.info("topology initialised from the static configuration (version 1)")
@@ -117,7 +138,12 @@ class TopologyManager:
         except (CorruptFileError, ValueError, KeyError) as exc:
             # Not regenerated: that would forget a failover. Peers gossip theirs.
             log.error("unusable topology file %s (%s); a peer's copy replaces it", self.path, exc)
-            return static_initial()
+            return static_initial() if self._initializer else self._uninitialized(static_initial)
+
+    @staticmethod
+    def _uninitialized(static_initial) -> t.ClusterConfig:
+        static = static_initial()
+        return t.uninitialized(static.partitions_count, static.cluster_id)
 
     def _save(self, cfg: t.ClusterConfig) -> None:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -177,8 +203,15 @@ class TopologyManager:
             self._adopt(cfg, f"gossip from node {src}")
 
     def _may_gossip_topology(self, src: int) -> bool:
-        """Only brokers of our configuration (any state) or contact points may."""
-        if src in self.config.members:
+        """Only brokers of our configuration (any state), brokers our pending change
+        adds (each applies its own BROKER_ADD, then gossips it) or contact points may."""
+        cfg = self.config
+        if src in cfg.members:
+            return True
+        change = cfg.pending_change
+        if change is not None and any(
+            op.operation == t.BROKER_ADD and op.broker_id == src for op in change.pending
+        ):
             return True
         trusted = getattr(self.host.peers, "trusted", None)
         allowed = trusted() if trusted is not None else None
@@ -186,7 +219,7 @@ class TopologyManager:
 
     def broadcast(self) -> None:
         peers = self.host.peers
-        if peers is None:
+        if peers is None or not self.config.initialized:
             return
         payload = {"topology": self.config.to_json()}
         for node_id in list(peers.members):
@@ -213,12 +246,26 @@ class TopologyManager:
                 return
             try:
                 self._adopt_gossiped()
+                if not self.config.initialized:
+                    self._log_waiting()
+                    continue
                 self._step()
                 if time.monotonic() - last_gossip >= GOSSIP_INTERVAL:
                     self.broadcast()
                     last_gossip = time.monotonic()
             except Exception:
                 log.exception("topology step failed; retrying")
+
+    def _log_waiting(self) -> None:
+        now = time.monotonic()
+        if now - self._waiting_logged >= WAITING_LOG_INTERVAL:
+            if self._waiting_logged:
+                log.warning(
+                    "still no cluster configuration after %.0f s: is a broker of the "
+                    "cluster among the contact points and reachable?",
+                    now - self._waiting_since,
+                )
+            self._waiting_logged = now
 
     # --- changes ---------------------------------------------------------------------------
 

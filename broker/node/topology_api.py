@@ -232,6 +232,18 @@ def _force_remove(source, req: Request, retained: list[int]) -> Response:
     return _respond_change(source, req, ops, True, f"force:{retained}")
 
 
+def _initialized(source) -> t.ClusterConfig:
+    """The configuration a change is planned on; a new broker without one refuses."""
+    cfg = source.topology_manager.config
+    if not cfg.initialized:
+        raise HttpError(
+            503,
+            f"broker {source.node_id} has no cluster configuration yet (it waits for a "
+            "peer's); send the request to a broker of the cluster",
+        )
+    return cfg
+
+
 # --- handlers -------------------------------------------------------------------------
 
 
@@ -240,6 +252,7 @@ def get_cluster(source, req: Request) -> Response:
 
 
 def post_brokers(source, req: Request) -> Response:
+    _initialized(source)
     rf = req.query_int("replicationFactor", None, 1, MAX_BROKERS)
     brokers = _ids(req.json(), "body")
     if req.query_bool("force"):
@@ -248,12 +261,14 @@ def post_brokers(source, req: Request) -> Response:
 
 
 def add_broker(source, req: Request) -> Response:
+    _initialized(source)
     cfg = source.topology_manager.config
     added = req.path_int("id", 0, MAX_BROKER_ID)
     return _scale(source, req, [*cfg.active_members(), added], None)
 
 
 def remove_broker(source, req: Request) -> Response:
+    _initialized(source)
     cfg = source.topology_manager.config
     gone = req.path_int("id", 0, MAX_BROKER_ID)
     if gone not in cfg.active_members():
@@ -262,6 +277,7 @@ def remove_broker(source, req: Request) -> Response:
 
 
 def patch_cluster(source, req: Request) -> Response:
+    _initialized(source)
     body = req.json()
     if not isinstance(body, dict):
         raise HttpError(400, "body must be a JSON object with 'brokers' and/or 'partitions'")
@@ -307,7 +323,7 @@ def get_exporters(source, req: Request) -> Response:
 
 def _exporter(enable: bool):
     def handler(source, req: Request) -> Response:
-        cfg = source.topology_manager.config
+        cfg = _initialized(source)
         forwarded = _forward_or_none(source, req, cfg.coordinator())
         if forwarded is not None:
             return forwarded
@@ -332,7 +348,7 @@ def _exporting(paused: bool):
         def set_paused(cfg: t.ClusterConfig) -> None:
             cfg.exporting_paused = paused
 
-        if source.topology_manager.config.exporting_paused != paused:
+        if _initialized(source).exporting_paused != paused:
             source.topology_manager.update(set_paused)
         return empty_response(204)
 

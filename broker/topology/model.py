@@ -140,6 +140,10 @@ class ClusterConfig:
         sizes = [len(self.replicas(p)) for p in range(1, self.partitions_count + 1)]
         return max(sizes, default=0)
 
+    @property
+    def initialized(self) -> bool:
+        return self.version > 0
+
     def coordinator(self) -> int:
         """Non-forced changes are coordinated by the lowest active member."""
         return self.active_members()[0]
@@ -245,6 +249,12 @@ def initial(
                 "ACTIVE", a.priorities[m], dict.fromkeys(exporters, ENABLED)
             )
     return ClusterConfig(1, members, partitions_count, cluster_id or str(uuid.uuid4()))
+
+
+def uninitialized(partitions_count: int, cluster_id: str) -> ClusterConfig:
+    """What a new broker holds until a peer gossips the cluster's configuration:
+    version 0 (any real configuration is newer), no members, so it hosts nothing."""
+    return ClusterConfig(0, {}, partitions_count, cluster_id)
 
 
 # --- plans ------------------------------------------------------------------------
