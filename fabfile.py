@@ -12,6 +12,7 @@
     fab rolling-restart                          # one broker at a time, region by region
     fab stop-region --region region1 --dry-run   # every task that changes things has --dry-run
     fab backup                                   # a backup of every partition (next free id)
+    fab scale --size 4                           # the first 4 brokers of the inventory stay
     fab verify --json                            # any task: one JSON document on stdout
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
@@ -50,6 +51,7 @@ from broker.ops.regions import (
 )
 from broker.ops.report import ConsoleProgress, audit_record, print_summary, write_audit
 from broker.ops.rolling import restart_order, run_rolling_restart
+from broker.ops.scale import SCALE_STEPS, run_scale
 from broker.ops.status import VERIFY_STEPS, print_status, run_verify
 from broker.ops.steps import StepFailed
 
@@ -622,5 +624,53 @@ def backup(c, backup_id=None, dry_run=False, inventory=None, json_=False):
         cluster,
         json_,
         extra={"backupId": used, "checkpoints": checkpoints},
+    )
+    _exit_unless_completed(record)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "size": "the number of brokers to keep or reach: the first N of the inventory, N "
+        "even (default: every broker it lists)",
+        "yes": "do not ask",
+        "dry-run": "change nothing: check the target and the cluster, show the API's plan",
+        "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
+    },
+)
+def scale(c, size=None, yes=False, dry_run=False, inventory=None, json_=False):
+    """Move the cluster to the first N brokers of the inventory, both regions in parity.
+
+    The brokers that join must be installed (ansible-playbook playbooks/scale.yml also
+    installs new hosts); those that leave are stopped once they host nothing."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    if size is not None and not str(size).isdigit():
+        raise Exit(f"fab: --size must be a positive even integer, not {size!r}", code=2)
+    try:
+        results = run_scale(
+            cluster,
+            int(size) if size is not None else None,
+            control=InventoryControl(),
+            yes=yes,
+            confirm=_typed_confirmation("scale", json_),
+            dry_run=dry_run,
+            progress=ConsoleProgress(_console(json_)),
+        )
+    except StepFailed as exc:  # the target itself is impossible: nothing was asked
+        raise Exit(f"fab: {exc.saw}", code=2) from None
+    options = {"dryRun": dry_run, "yes": yes, "size": size}
+    change = next((r.data["change_id"] for r in results if "change_id" in r.data), None)
+    record = _finish(
+        "scale",
+        "all",
+        results,
+        SCALE_STEPS,
+        started,
+        options,
+        cluster,
+        json_,
+        extra={"changeId": change},
     )
     _exit_unless_completed(record)
