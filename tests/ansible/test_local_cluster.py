@@ -5,8 +5,8 @@ previous one left (and pytest-xdist may otherwise split the steps across
 workers): deploy, an unchanged re-run, verify in check mode, the README's
 region-loss path with fab (stop region1, failover, rebuild, failback, on the
 inventory's own export-sink layout), deploy in check mode, a rolling restart,
-remove without and with confirmation. The finalizer stops every
-broker by its pid file whatever happens.
+backup and restore, scale in and out, remove without and with confirmation. The
+finalizer stops every broker by its pid file whatever happens.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import yaml
 
 from broker.client import BrokerClient
 from broker.demo.localcluster import wait_for
+from broker.ops.load import WriteLoad, read_back
 from tests.integration.test_cluster import assert_all_readable, write
 from tests.integration.test_exporters import complete_in_order
 from tests.ops.conftest import sink_records
@@ -155,6 +156,10 @@ def test_local_inventory_lifecycle(local_inventory, record_property, capsys, tmp
     times.update(back_up_and_restore(inv))
     new_pids = inv.pids()
 
+    # --- scale.yml: in to 4 brokers and out to 8 again, under a write load -----------
+    times.update(scale_in_and_out(inv))
+    new_pids = inv.pids()
+
     # --- remove refuses without confirmation ---------------------------------------
     run = ansible_playbook(inv.path, "playbooks/remove.yml")
     assert run.returncode != 0, str(run)
@@ -215,6 +220,58 @@ def back_up_and_restore(inv: LocalInventory) -> dict[str, float]:
         for p in range(1, PARTITIONS + 1):
             last = client.read(p, cuts[p] + 1, 10)
             assert last.records == [], f"partition {p} kept records after its checkpoint"
+    return times
+
+
+def members(inv: LocalInventory) -> list[int]:
+    doc = json.loads(inv.open("brk-r0-h0", "/actuator/cluster").read())
+    return sorted(b["id"] for b in doc["brokers"] if b["state"] != "LEFT")
+
+
+def scale_in_and_out(inv: LocalInventory) -> dict[str, float]:
+    """scale.yml -e broker_scale_size=4, then scale.yml (the whole inventory) again,
+    while a load writes: the brokers that leave are stopped, those that join host
+    partitions 2+2 per region again, and every acknowledged record is read back."""
+    times = {}
+    gateways = ",".join(
+        f"127.0.0.1:{inv.hosts[h]['broker_gateway_port']}" for h in ("brk-r0-h0", "brk-r1-h0")
+    )
+    load = WriteLoad(gateways, prefix="scale", rate=50, ssl_context=inv.ssl_context())
+    leaving = [f"brk-r{r}-h{o}" for r in (0, 1) for o in (2, 3)]
+    pids = inv.pids()
+    load.start()
+    try:
+        wait_for(lambda: len(load.snapshot()) >= 20, 30, "the load to be acknowledged")
+        run = ansible_playbook(inv.path, "playbooks/scale.yml", "-e", "broker_scale_size=2")
+        assert run.returncode != 0 and "the target must be brokers 0..N-1" not in run.flat()
+        assert "Preflight refused scaling to 2 brokers" in run.flat(), str(run)
+        run = ansible_playbook(
+            inv.path, "playbooks/scale.yml", "--check", "-e", "broker_scale_size=4"
+        )
+        assert run.returncode == 0, str(run)
+        assert "8 -> 4 brokers" in run.output and members(inv) == list(range(8)), str(run)
+        run = ansible_playbook(inv.path, "playbooks/scale.yml", "-e", "broker_scale_size=4")
+        times["scale.yml 8 -> 4"] = run.seconds
+        assert run.returncode == 0, str(run)
+        assert "placement ok (runtime): 8 partitions" in run.output, str(run)
+        assert members(inv) == [0, 1, 2, 3]
+        assert not any(pid_alive(pids[h]) for h in leaving), "the brokers that left still run"
+        run = ansible_playbook(inv.path, "playbooks/scale.yml")
+        times["scale.yml 4 -> 8"] = run.seconds
+        assert run.returncode == 0, str(run)
+        assert "4 -> 8 brokers" in run.output, str(run)
+        assert "placement ok (runtime): 8 partitions" in run.output, str(run)
+        assert members(inv) == list(range(8))
+        again = inv.pids()
+        kept = [h for h in inv.hosts if h not in leaving]
+        assert all(again[h] == pids[h] for h in kept), "scale.yml restarted running brokers"
+        run = ansible_playbook(inv.path, "playbooks/scale.yml")
+        assert run.returncode == 0 and run.changed == 0, str(run)
+    finally:
+        load.stop()
+    acked = load.snapshot()
+    rb = read_back(gateways, acked, PARTITIONS, load.prefix, ssl_context=inv.ssl_context())
+    assert len(acked) >= 20 and not rb.lost, rb.lost[:5]
     return times
 
 
