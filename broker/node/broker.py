@@ -3,7 +3,8 @@
 Start order matters for operators reading the log: listeners first (so peers
 and clients can connect as soon as we announce ourselves), then the Raft
 groups, then membership broadcasts, then the management API, whose
-readiness turns UP once every hosted partition runs.
+readiness turns UP once the broker holds the cluster's configuration and every
+hosted partition runs.
 """
 
 from __future__ import annotations
