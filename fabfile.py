@@ -13,6 +13,7 @@
     fab stop-region --region region1 --dry-run   # every task that changes things has --dry-run
     fab backup                                   # a backup of every partition (next free id)
     fab scale --size 4                           # the first 4 brokers of the inventory stay
+    fab upgrade --version 0.1.1                  # switch to a release staged on the hosts
     fab verify --json                            # any task: one JSON document on stdout
 
 The inventory is ``--inventory PATH`` (before or after the task name), else the
@@ -54,6 +55,7 @@ from broker.ops.rolling import restart_order, run_rolling_restart
 from broker.ops.scale import SCALE_STEPS, run_scale
 from broker.ops.status import VERIFY_STEPS, print_status, run_verify
 from broker.ops.steps import StepFailed
+from broker.ops.upgrade import DEFAULT_MAX_LAG, run_upgrade
 
 PROJECT = Path(__file__).resolve().parent
 DEFAULT_INVENTORY = PROJECT / "inventories" / "local" / "hosts.yml"
@@ -624,6 +626,57 @@ def backup(c, backup_id=None, dry_run=False, inventory=None, json_=False):
         cluster,
         json_,
         extra={"backupId": used, "checkpoints": checkpoints},
+    )
+    _exit_unless_completed(record)
+
+
+@task(
+    auto_shortflags=False,
+    help={
+        "version": "the broker version to switch to; its release must be staged on every host",
+        "yes": "do not ask",
+        "dry-run": "change nothing: check the release and the data, list the switches",
+        "max-lag": f"entries a switched broker's replicas may lag (default {DEFAULT_MAX_LAG})",
+        "inventory": INVENTORY_HELP,
+        "json": JSON_HELP,
+    },
+)
+def upgrade(
+    c,
+    version,
+    yes=False,
+    dry_run=False,
+    max_lag=DEFAULT_MAX_LAG,
+    inventory=None,
+    json_=False,
+):
+    """Switch brokers one at a time to a release staged on their hosts (upgrade or rollback)."""
+    cluster = _cluster(inventory)
+    started = datetime.now(UTC)
+    if not str(max_lag).isdigit():
+        raise Exit(f"fab: --max-lag must be a non-negative integer, not {max_lag!r}", code=2)
+    results = run_upgrade(
+        cluster,
+        version,
+        control=InventoryControl(),
+        dry_run=dry_run,
+        yes=yes,
+        confirm=_typed_confirmation(version, json_),
+        progress=ConsoleProgress(_console(json_)),
+        max_lag=int(max_lag),
+    )
+    options = {"dryRun": dry_run, "yes": yes, "version": version, "maxLag": int(max_lag)}
+    record = _finish(
+        "upgrade",
+        "all",
+        results,
+        3 + len(cluster.brokers),
+        started,
+        options,
+        cluster,
+        json_,
+        extra={"version": version},
+        title=f"upgrade to broker {version}",
     )
     _exit_unless_completed(record)
 

@@ -86,6 +86,17 @@ def broker_main(argv: list[str] | None = None) -> int:
                 help="rotated log files kept beside the current one (default 5)",
             )
         cmd.set_defaults(func=_daemon(name))
+    check_data = sub.add_parser(
+        "check-data",
+        help="can this build run the data directory? (exit 0 yes, 2 no, saying why); reads only",
+        description="Read the data directory's format marker (format.json) and say whether "
+        "this build can run the data: exit 0 when it can (also when the directory does not "
+        "exist yet), 2 with a one-line message when the data is in a newer format. Changes "
+        "nothing, so it can run beside the running broker: an upgrade asks the release it "
+        "is about to switch to before stopping anything.",
+    )
+    check_data.add_argument("--config", metavar="FILE", help="YAML config (default: built-ins)")
+    check_data.set_defaults(func=_daemon("check-data"))
     restore = sub.add_parser(
         "restore",
         help="restore this broker's partitions of a backup into its empty data directory",

@@ -29,7 +29,9 @@ import time
 import urllib.error
 import urllib.request
 
+from broker import __version__, dataformat
 from broker.config import BrokerConfig, ConfigError, check_tls_files, load_config, parse_size
+from broker.dataformat import NewerDataError
 from broker.fsutil import StorageError, make_private_dirs
 from broker.tls import client_context
 
@@ -142,6 +144,8 @@ def run(
     """The broker in the foreground; logs to stderr (systemd's journal) or, with
     ``log_file``, to a file rotated at ``log_max_size`` keeping ``log_keep`` old ones."""
     cfg = _load(config, serving=True)
+    if _refuse_newer_data(cfg):  # before the log file or anything else is written
+        return EXIT_STORAGE
     handlers: list[logging.Handler] | None = None
     if log_file:
         try:
@@ -170,6 +174,11 @@ def run(
         logging.getLogger("broker").error("cannot start: %s", exc)
         broker.stop()
         return exc.exit_code
+    except NewerDataError as exc:  # written meanwhile by a newer broker
+        print(exc, file=sys.stderr, flush=True)
+        logging.getLogger("broker").error("%s", exc)
+        broker.stop()
+        return EXIT_STORAGE
     except StorageError as exc:
         _storage_error(exc, log_file)
         broker.stop()
@@ -223,12 +232,16 @@ def start(
         print(f"broker: {exc}", file=sys.stderr)
         return 2
     pid_file, log_file = _paths(cfg)
-    make_private_dirs(cfg.data.directory)
     pid = _running_pid(pid_file)
+    if pid is None and _refuse_newer_data(cfg):
+        return EXIT_STORAGE
+    make_private_dirs(cfg.data.directory)
     if pid is not None:
         print(f"broker {cfg.cluster.node_id} already running (pid {pid})")
         return 0
-    cmd = [sys.executable, "-m", "broker", "run"]
+    # -P: not the current directory first on sys.path, where a checkout's broker/ (Ansible
+    # runs from the project root) would shadow the installed release being started
+    cmd = [sys.executable, "-P", "-m", "broker", "run"]
     if config:
         cmd += ["--config", os.path.abspath(config)]
     cmd += ["--log-file", log_file, "--log-max-size", str(log_max_size)]
@@ -284,6 +297,44 @@ def stop(config: str | None, wait: float = 30.0, kill: bool = False) -> int:
     if os.path.exists(pid_file):
         os.unlink(pid_file)
     print(f"broker {cfg.cluster.node_id} {'killed' if kill else 'stopped'}")
+    return 0
+
+
+def _refuse_newer_data(cfg: BrokerConfig) -> bool:
+    """True (and says why on stderr, in one line) when this build cannot run the data:
+    it is in a newer format. Reads only."""
+    try:
+        dataformat.check(cfg.data.directory)
+    except NewerDataError as exc:
+        print(exc, file=sys.stderr, flush=True)
+        return True
+    except StorageError as exc:
+        print(f"broker: cannot start: {exc}", file=sys.stderr, flush=True)
+        return True
+    return False
+
+
+def check_data(config: str | None) -> int:
+    """``broker check-data``: 0 when this build can run the data directory (also when it
+    does not exist yet), 2 with the reason when not. Reads only: safe beside a running
+    broker, and what an upgrade asks the release it is about to switch to."""
+    cfg = _load(config)
+    directory = cfg.data.directory
+    try:
+        marker = dataformat.check(directory)
+    except NewerDataError as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_STORAGE
+    except StorageError as exc:
+        print(f"broker: cannot check the data: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
+    mine = f"broker {__version__} (data format {dataformat.DATA_FORMAT})"
+    if marker.format is None:
+        print(f"{directory}: no data yet; {mine} can run it")
+    else:
+        who = f", written by broker {marker.written_by}" if marker.written_by else ""
+        note = "" if marker.marked else " (no format marker: data from before markers)"
+        print(f"{directory}: data format {marker.format}{who}{note}; {mine} can run it")
     return 0
 
 

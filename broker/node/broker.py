@@ -15,7 +15,7 @@ import ssl
 import threading
 from datetime import UTC, datetime
 
-from broker import __version__
+from broker import __version__, dataformat
 from broker.backup import api as backup_api
 from broker.backup.store import open_store
 from broker.backup.taker import BackupTaker
@@ -161,6 +161,7 @@ class Broker:
         for warning in dual_region_warnings(cfg):
             log.warning("%s", warning)
         make_private_dirs(cfg.data.directory)
+        dataformat.ensure(cfg.data.directory)  # refuses newer data before reading any
         free = cfg.data.free_space
         self.disk = DiskSpaceMonitor(
             cfg.data.directory, free.processing, free.replication, metrics=self.metrics

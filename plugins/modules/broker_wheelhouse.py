@@ -25,8 +25,10 @@ description:
   - Builds the project's wheel from a clean copy of its sources (so the checkout
     is not written to), with C(SOURCE_DATE_EPOCH) fixed so that unchanged sources
     give a byte-identical wheel and its SHA-256 can decide whether hosts reinstall.
-  - Puts the wheel into O(dest) only when its content changed, removing wheels of
-    other versions of the same project, and makes sure every dependency wheel is
+  - Puts the wheel into O(dest) only when its content changed. Wheels of other
+    versions of the project stay (an upgrade and its rollback install either), up to
+    O(keep_versions) of them, newest first; older ones are removed. It makes sure every
+    dependency wheel is
     in O(dest) too (resolved offline from O(dest) first; only missing ones are
     fetched with pip's configured index), so that hosts install with
     C(pip install --no-index --find-links) and need no network.
@@ -37,12 +39,13 @@ description:
     and pip's, which installs them into a virtualenv created without pip) into
     one reproducible tar file, O(archive), so that a host receives one file and
     its checksum says whether anything changed.
-  - With O(build=false) nothing is built or fetched; the module uses the newest
-    wheel of O(package) already in O(dest) and the wheels there.
-  - A stamp file in O(dest) records what the last build was made from (a digest of
-    the sources, the interpreter and the options) and what it produced; when all of
-    it still holds and every file it names is unchanged, pip is not run at all, which
-    keeps an unchanged re-run of the playbook fast.
+  - With O(build=false) nothing is built or fetched; the module uses the wheel of
+    O(version) (default the newest) of O(package) already in O(dest) and the wheels
+    there. A missing O(version) fails naming the versions O(dest) holds.
+  - A stamp file in O(dest) records what recent runs were made from (a digest of
+    the sources, or of the selected wheel, the interpreter and the options) and what
+    they produced; when all of it still holds and every file it names is unchanged,
+    pip is not run at all, which keeps an unchanged re-run of the playbook fast.
 version_added: "0.1.0"
 options:
   project_dir:
@@ -65,11 +68,20 @@ options:
     description: Build the wheel and collect dependencies; false only indexes O(dest).
     type: bool
     default: true
+  version:
+    description:
+      - The version of O(package) to pack (its wheel must be in O(dest) after the build,
+        if any); default the one just built, or with O(build=false) the newest.
+    type: str
+  keep_versions:
+    description: Wheels of this many versions of O(package) are kept in O(dest), newest first.
+    type: int
+    default: 5
   python:
     description: The Python interpreter whose pip builds the wheels (default the module's own).
     type: str
   archive:
-    description: The tar file of the wheels to ship (default O(dest) with C(.tar) appended).
+    description: The tar file of the wheels to ship (default O(dest) + C(-<version>.tar)).
     type: path
   source_date_epoch:
     description: Timestamp written into every wheel entry, for reproducible wheels.
@@ -95,6 +107,11 @@ wheel:
   type: str
   returned: always
   sample: broker-0.1.0-py3-none-any.whl
+version:
+  description: The version of the project's wheel packed into O(archive).
+  type: str
+  returned: always
+  sample: 0.1.0
 wheel_path:
   description: Absolute path of the project's wheel.
   type: str
@@ -153,12 +170,20 @@ def _wheels_of(dest, package):
     )
 
 
+def _version_of(wheel):
+    return wheel.split("-")[1]
+
+
 def _version_key(wheel):
-    version = wheel.split("-")[1]
+    return _key_of_version(_version_of(wheel))
+
+
+def _key_of_version(version):
     return [int(part) if part.isdigit() else -1 for part in re.split(r"[.+]", version)]
 
 
 STAMP = ".broker-wheelhouse.json"
+STAMP_ENTRIES = 16
 _IGNORED = ("__pycache__", ".egg-info", ".pyc")
 
 
@@ -166,7 +191,7 @@ def _source_digest(params, python):
     """What a build depends on: every source file (path and content), the interpreter
     and the options. Equal digests give byte-identical wheels (SOURCE_DATE_EPOCH)."""
     digest = hashlib.sha256()
-    for key in ("package", "source_date_epoch"):
+    for key in ("package", "source_date_epoch", "keep_versions"):
         digest.update(f"{key}={params[key]}\0".encode())
     real = os.path.realpath(shutil.which(python) or python)
     digest.update(
@@ -186,18 +211,27 @@ def _source_digest(params, python):
     return digest.hexdigest()
 
 
-def _read_stamp(dest, digest, archive):
-    """The recorded result when the sources are unchanged and every file it lists is
-    still there with the recorded content; None means build."""
+def _stamps(dest):
     try:
         with open(os.path.join(dest, STAMP)) as f:
-            stamp = json.load(f)
-        if stamp["digest"] != digest or stamp["archive"] != archive:
+            entries = json.load(f)["entries"]
+        return entries if isinstance(entries, dict) else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
+def _read_stamp(dest, digest, archive):
+    """The recorded result when the inputs are unchanged and every file it lists is
+    still there with the recorded content; None means build. ``archive`` None: the
+    default path, whichever version it names."""
+    try:
+        stamp = _stamps(dest)[digest]
+        if archive is not None and stamp["archive"] != archive:
             return None
         for name, sha in stamp["files"].items():
             if _sha256(os.path.join(dest, name)) != sha:
                 return None
-        if _sha256(archive) != stamp["archive_sha256"]:
+        if _sha256(stamp["archive"]) != stamp["archive_sha256"]:
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -205,10 +239,20 @@ def _read_stamp(dest, digest, archive):
 
 
 def _write_stamp(dest, digest, wheel, members, archive):
+    """Records this run among the recent ones; entries whose wheel is gone are dropped."""
     files = {name: _sha256(os.path.join(dest, name)) for name in members}
-    stamp = {"digest": digest, "wheel": wheel, "members": members, "files": files,
-             "archive": archive, "archive_sha256": _sha256(archive)}  # fmt: skip
-    _put(None, json.dumps(stamp, indent=1, sort_keys=True).encode(), os.path.join(dest, STAMP))
+    entries = {
+        key: entry
+        for key, entry in _stamps(dest).items()
+        if key != digest
+        and isinstance(entry, dict)
+        and os.path.exists(os.path.join(dest, str(entry.get("wheel"))))
+    }
+    entries = dict(list(entries.items())[-(STAMP_ENTRIES - 1) :])  # the most recent ones
+    entries[digest] = {"wheel": wheel, "members": members, "files": files,
+                       "archive": archive, "archive_sha256": _sha256(archive)}  # fmt: skip
+    doc = {"entries": entries}
+    _put(None, json.dumps(doc, indent=1, sort_keys=True).encode(), os.path.join(dest, STAMP))
 
 
 def _pip(python, args, env=None):
@@ -263,7 +307,7 @@ def _resolve(module, python, dest, requirements, work):
 
 
 def build(module, params, dest, work):
-    project, package = params["project_dir"], params["package"]
+    project = params["project_dir"]
     python = params["python"] or sys.executable
     if not project or not os.path.isfile(os.path.join(project, "pyproject.toml")):
         module.fail_json(msg=f"project_dir {project!r} holds no pyproject.toml")
@@ -294,11 +338,41 @@ def build(module, params, dest, work):
     if not _same(built[0], os.path.join(dest, wheel)):
         _put(built[0], None, os.path.join(dest, wheel))
         added.append(wheel)
-    for old in _wheels_of(dest, package):
-        if old != wheel:
-            os.unlink(os.path.join(dest, old))
-            added.append(old)
     return wheel, added
+
+
+def _prune(dest, package, keep, protect):
+    """Keep the wheels of the ``keep`` newest versions of ``package`` (and ``protect``);
+    the default-path archives of the removed ones go too. Returns what was removed."""
+    removed = []
+    others = [w for w in sorted(_wheels_of(dest, package), key=_version_key, reverse=True)
+              if w not in protect]  # fmt: skip
+    for old in others[max(max(keep, 1) - len(protect), 0) :]:
+        os.unlink(os.path.join(dest, old))
+        removed.append(old)
+        tar = f"{dest}-{_version_of(old)}.tar"
+        if os.path.exists(tar):
+            os.unlink(tar)
+            removed.append(os.path.basename(tar))
+    return removed
+
+
+def _select(module, dest, package, version):
+    """The wheel of ``version`` in ``dest`` (default the newest); fails naming what is there."""
+    found = _wheels_of(dest, package) if os.path.isdir(dest) else []
+    if version is None:
+        if not found:
+            module.fail_json(msg=f"no {package} wheel in {dest} (and build=false)")
+        return max(found, key=_version_key)
+    matching = [w for w in found if _version_of(w) == version]
+    if not matching:
+        have = ", ".join(sorted({_version_of(w) for w in found}, key=_key_of_version))
+        module.fail_json(
+            msg=f"{package} {version} is not in the wheelhouse {dest}; it holds "
+            f"{have or 'no version'}. Build it there first (run the playbook from a checkout "
+            f"of {version} with broker_version unset), or pick one of those versions"
+        )
+    return max(matching, key=lambda w: os.path.getmtime(os.path.join(dest, w)))
 
 
 def _archive(members, dest, archive, mtime):
@@ -338,6 +412,8 @@ def main():
             "archive": {"type": "path"},
             "package": {"type": "str", "default": "broker"},
             "build": {"type": "bool", "default": True},
+            "version": {"type": "str"},
+            "keep_versions": {"type": "int", "default": 5},
             "python": {"type": "str"},
             "source_date_epoch": {"type": "int", "default": 315532800},
         },
@@ -345,24 +421,31 @@ def main():
         supports_check_mode=True,
     )
     params, dest = module.params, module.params["dest"].rstrip("/")
-    archive = params["archive"] or dest + ".tar"
+    package, version = params["package"], params["version"] or None
     python = params["python"] or sys.executable
     added = []
     work = tempfile.mkdtemp(prefix="broker-wheelhouse-")
-    digest = _source_digest(params, python) if params["build"] and params["project_dir"] else None
-    stamp = _read_stamp(dest, digest, archive) if digest else None
+    if params["build"]:  # with a version to select after the build: no stamp, pip decides
+        digest = _source_digest(params, python) if version is None else None
+    else:  # a selection: what it packs follows from the chosen wheel and the options
+        chosen = _select(module, dest, package, version)
+        digest = hashlib.sha256(
+            f"select={chosen}:{_sha256(os.path.join(dest, chosen))}:{python}:"
+            f"{params['source_date_epoch']}:{params['keep_versions']}".encode()
+        ).hexdigest()
+    stamp = _read_stamp(dest, digest, params["archive"]) if digest else None
     try:
-        if stamp:  # nothing changed since the last build: no pip at all
+        if stamp:  # nothing changed since the last run: no pip at all
             wheel, members = stamp["wheel"], stamp["members"]
             pip_wheels = [name for name in members if _project_of(name) == "pip"]
-        elif params["build"]:
-            os.makedirs(dest, exist_ok=True)
-            wheel, added = build(module, params, dest, work)
         else:
-            found = _wheels_of(dest, params["package"]) if os.path.isdir(dest) else []
-            if not found:
-                module.fail_json(msg=f"no {params['package']} wheel in {dest} (and build=false)")
-            wheel = max(found, key=_version_key)
+            if params["build"]:
+                os.makedirs(dest, exist_ok=True)
+                wheel, added = build(module, params, dest, work)
+            if version is not None or not params["build"]:
+                wheel = _select(module, dest, package, version)
+            added += _prune(dest, package, params["keep_versions"], {wheel})
+        archive = params["archive"] or f"{dest}-{_version_of(wheel)}.tar"
         if not stamp:
             requirements = [os.path.join(dest, wheel), "pip"]
             members, more = _resolve(module, python, dest, requirements, work)
@@ -378,6 +461,7 @@ def main():
     module.exit_json(
         changed=bool(added),
         wheel=wheel,
+        version=_version_of(wheel),
         wheel_path=path,
         sha256=_sha256(path),
         wheels=members,

@@ -365,6 +365,7 @@ def test_fab_lists_the_tasks_and_runs_them_against_the_cluster(dual, tmp_path):
         "rolling-restart": "Restart brokers one at a time",
         "backup": "Back up every partition at a checkpoint",
         "scale": "Move the cluster to the first N brokers",
+        "upgrade": "Switch brokers one at a time to a release",
     }.items():
         assert any(
             line.split()[:1] == [name] and words in line for line in listed.stdout.splitlines()

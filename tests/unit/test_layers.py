@@ -39,6 +39,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.membership",
             "broker.topology",
             "broker.fsutil",
+            "broker.dataformat",
             "broker.wire",
             "broker.tls",
             "broker.certs",
