@@ -66,11 +66,13 @@ test: setup lint
 
 # The lab tests that take minutes each (as root): the role converged on systemd lab hosts as
 # deploy with become, the molecule systemd scenario, fab stop/start-region, rolling restart,
-# rotate-certs under load and the drill on systemd hosts; scale.yml 4 -> 8 -> 4 lab hosts under
-# load; an 8-broker local TLS cluster whose CA is rotated. make test runs a bounded slice of each.
+# rotate-certs under load and the drill on systemd hosts; scale.yml 4 -> 8 -> 4 lab hosts and
+# upgrade.yml with a rollback on the 8-host lab, under load; an 8-broker local TLS cluster whose CA
+# is rotated. make test runs a bounded slice of each.
 test-long: setup
 	BROKER_LONG_TESTS=1 $(PY) -m pytest -q -p no:xdist \
 	  tests/lab/test_lab_systemd.py tests/lab/test_lab_ops_systemd.py tests/lab/test_lab_scale.py \
+	  tests/lab/test_lab_upgrade.py \
 	  "tests/ansible/test_molecule.py::test_molecule_scenario_passes[systemd]" \
 	  tests/ansible/test_tls_role.py::test_tls_cluster_deploys_and_rotates_its_ca
 
