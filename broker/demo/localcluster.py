@@ -210,6 +210,15 @@ class LocalCluster:
         if wait:
             for i in nodes:
                 self._wait_started(i)
+            if 0 in self.running():
+                # only broker 0 builds a new cluster's configuration; the others take
+                # it from gossip a moment later (not ready until then)
+                for i in nodes:
+                    wait_for(lambda i=i: self._configured(i), 30, f"broker {i}'s configuration")
+
+    def _configured(self, i: int) -> bool:
+        doc = self.get_json(i, "/actuator/cluster")
+        return bool(doc) and doc.get("version", 0) > 0
 
     def _wait_started(self, i: int, timeout: float = 60) -> None:
         """Until broker ``i`` reports startup UP; a broker that exits, or does not get

@@ -54,6 +54,7 @@ STEP_INTERVAL = 0.1
 RAFT_QUERY_TIMEOUT = 2.0  # reading our replica's Raft state before acting on a claim
 DELETE_RETRY = 60.0  # how long a refused deletion is checked again
 WAITING_LOG_INTERVAL = 30.0  # how often a broker without a configuration says so
+ASK_INTERVAL = 0.25  # how often it asks its peers for theirs
 
 
 @dataclass
@@ -105,7 +106,9 @@ class TopologyManager:
         self._deletions: dict[int, _Deletion] = {}  # refused for now; step thread retries
         self._strangers: set[int] = set()  # nodes whose topology gossip we ignored
         self._gossiped: tuple[t.ClusterConfig, int] | None = None  # newest heard, to adopt
-        self._gossip_lock = threading.Lock()  # only _gossiped: never held for long
+        self._gossip_lock = threading.Lock()  # _gossiped, _asked: never held for long
+        self._asked: set[int] = set()  # peers that asked for our configuration
+        self._last_ask = 0.0
         peers = host.peers
         if peers is not None and hasattr(peers, "topology_members"):
             # Leadership claims are believed only from brokers of the configuration.
@@ -169,7 +172,12 @@ class TopologyManager:
 
     # --- gossip ------------------------------------------------------------------------
 
-    def on_gossip(self, src: int, doc: dict) -> None:
+    def on_gossip(self, src: int, doc: dict | None) -> None:
+        if doc is None:  # a broker without a configuration asks for ours
+            with self._gossip_lock:
+                self._asked.add(src)
+            self._wake.set()
+            return
         try:
             cfg = t.ClusterConfig.from_json(doc)
         except (KeyError, TypeError, ValueError) as exc:
@@ -247,14 +255,36 @@ class TopologyManager:
             try:
                 self._adopt_gossiped()
                 if not self.config.initialized:
+                    self._ask_peers()
                     self._log_waiting()
                     continue
+                self._answer_asks()
                 self._step()
                 if time.monotonic() - last_gossip >= GOSSIP_INTERVAL:
                     self.broadcast()
                     last_gossip = time.monotonic()
             except Exception:
                 log.exception("topology step failed; retrying")
+
+    def _ask_peers(self) -> None:
+        """Ask every known peer for its configuration (rather than wait up to a
+        GOSSIP_INTERVAL for the next broadcast)."""
+        peers = self.host.peers
+        now = time.monotonic()
+        if peers is None or now - self._last_ask < ASK_INTERVAL:
+            return
+        self._last_ask = now
+        for node_id in list(peers.members):
+            if node_id != self.node_id:
+                self.host.send_gossip(node_id, {"topology": None})
+
+    def _answer_asks(self) -> None:
+        with self._gossip_lock:
+            asked, self._asked = self._asked, set()
+        if asked:
+            payload = {"topology": self.config.to_json()}
+            for node_id in asked:
+                self.host.send_gossip(node_id, payload)
 
     def _log_waiting(self) -> None:
         now = time.monotonic()
