@@ -6,7 +6,9 @@ checkout's build (0.1.0) and a copy of the sources bumped to 0.1.1. Deploy 0.1.0
 upgrade.yml -e broker_version=0.1.1 (stage on every host, check-data, then one broker
 at a time, region by region, gated on ready + every partition led + replicas caught
 up), then upgrade.yml -e broker_version=0.1.0 (the rollback: the release is still on
-the hosts). Every acknowledged record is read back; the figures are printed.
+the hosts). Every acknowledged record is read back; the figures are printed. Last, an
+upgrade to 0.2.0, a copy whose data format is 2, and a rollback to 0.1.0 that the
+pre-check refuses before any broker is stopped.
 
 Minutes on a busy machine: it runs with ``BROKER_LONG_TESTS=1`` (make test-long); the
 same playbook runs in make test on the local inventory (tests/ansible/test_upgrade.py).
@@ -16,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import urllib.request
 
@@ -25,7 +26,7 @@ import pytest
 from broker.lab import Lab, unavailable_reason
 from broker.ops.load import WriteLoad, read_back
 from tests.ansible.conftest import ansible_playbook
-from tests.ansible.test_wheelhouse import _run_module
+from tests.ansible.test_upgrade import build_copy
 from tests.labutil import longest_stall, machine_lock, skip_for_foreign_lab
 
 REASON = unavailable_reason()
@@ -57,20 +58,6 @@ def big_lab(tmp_path_factory):
             lab.down(purge=True)
 
 
-def build_copy(sources, version: str, base, wheels) -> None:
-    """A copy of the sources whose version is ``version``, built into ``wheels``."""
-    src = base / f"src-{version}"
-    shutil.copytree(sources, src)
-    for name, old, new in (
-        ("pyproject.toml", 'version = "0.1.0"', f'version = "{version}"'),
-        ("broker/__init__.py", '__version__ = "0.1.0"', f'__version__ = "{version}"'),
-    ):
-        text = (src / name).read_text()
-        assert old in text, (name, old)
-        (src / name).write_text(text.replace(old, new, 1))
-    assert _run_module({"project_dir": src, "dest": wheels}, base)["version"] == version
-
-
 def versions(lab: Lab) -> set[str]:
     host = lab.hosts[0]
     url = f"http://{host.address}:{MANAGEMENT_PORT}/v2/topology"
@@ -85,7 +72,8 @@ def test_upgrade_and_rollback_of_the_8_host_lab_under_load(
 ):
     lab = big_lab
     wheels = tmp_path / "wheels"
-    build_copy(broker_sources, "0.1.1", tmp_path, wheels)
+    build_copy(broker_sources, "0.1.1", 1, tmp_path, wheels)
+    build_copy(broker_sources, "0.2.0", 2, tmp_path, wheels)  # a newer data format
     build = [
         "-e", f"broker_project_dir={broker_sources}",
         "-e", f"broker_wheelhouse_dir={wheels}",
@@ -122,11 +110,30 @@ def test_upgrade_and_rollback_of_the_8_host_lab_under_load(
     acks = load.snapshot()
     back = read_back(gateways, acks, PARTITIONS, "lab-upgrade")
     assert not back.lost, f"{len(back.lost)} acknowledged records lost, e.g. {back.lost[:3]}"
+
+    # a build with a newer data format: the upgrade works, a rollback across it is refused
+    # by the pre-check before any broker is stopped
+    run = ansible_playbook(
+        lab.inventory, "playbooks/upgrade.yml", *build, "-e", "broker_version=0.2.0"
+    )
+    assert run.returncode == 0, str(run)
+    times["upgrade to 0.2.0 (data format 2)"] = run.seconds
+    assert versions(lab) == {"0.2.0"}
+    run = ansible_playbook(
+        lab.inventory, "playbooks/upgrade.yml", *build, "-e", "broker_version=0.1.0"
+    )
+    assert run.returncode != 0, str(run)
+    assert "so no broker was stopped or switched" in run.flat(), str(run)
+    assert "it is in format 2, written by broker 0.2.0" in run.flat(), str(run)
+    assert versions(lab) == {"0.2.0"}
     with capsys.disabled():
         print(
             "\nlab upgrade (8 hosts): "
             + ", ".join(
-                f"{name} {times[name]:.1f}s (longest stall {stalls[name]:.1f}s)" for name in times
+                f"{name} {times[name]:.1f}s (longest stall {stalls[name]:.1f}s)"
+                if name in stalls
+                else f"{name} {times[name]:.1f}s"
+                for name in times
             )
             + f"; load: {len(acks)} acknowledged, {load.failed} failed "
             f"{dict(load.errors)}, {len(back.lost)} lost"
