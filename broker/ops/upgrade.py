@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
+from broker.catchup import replica_lag
 from broker.ops.api import ApiError
 from broker.ops.checks import verify_placement, wait_for_leaders
 from broker.ops.control import Control, run_on
@@ -98,30 +98,6 @@ def _release_of(target: str) -> str:
     """``releases/<name>/venv`` (relative or absolute) -> ``<name>``."""
     parts = os.path.normpath(target).split(os.sep)
     return parts[-2] if len(parts) >= 2 and parts[-1] == "venv" else target
-
-
-def replica_lag(mine: Mapping[str, Any], others: Iterable[Mapping[str, Any]]) -> dict[int, Any]:
-    """How far this broker's replicas are behind: partition -> entries, None while no
-    leader is known. The leader's commit index (the highest a document claiming
-    leadership gives, else the highest any gives) minus this broker's applied index;
-    a follower's own commit index never exceeds what it has, so it cannot stand in.
-    The same rule as the role's ``broker_replica_lag`` filter (plugins/filter/upgrade.py)."""
-    docs = [d for d in others if isinstance(d, Mapping)]
-    lag: dict[int, Any] = {}
-    for pid, info in mine.items():
-        if str(info.get("role", "")).upper() == "LEADER":
-            lag[int(pid)] = 0
-            continue
-        claims = [d[pid] for d in docs if isinstance(d.get(pid), Mapping)]
-        led = [c for c in claims if str(c.get("role", "")).upper() == "LEADER"]
-        commits = [c.get("commitIndex") for c in (led or claims)]
-        commits = [c for c in commits if isinstance(c, int)]
-        applied = info.get("processedIndex")
-        if info.get("leader") is None or not commits or not isinstance(applied, int):
-            lag[int(pid)] = None
-        else:
-            lag[int(pid)] = max(max(commits) - applied, 0)
-    return lag
 
 
 def _check_data_command(broker: Broker, release: str) -> str:
@@ -209,7 +185,7 @@ def _caught_up(cluster: Cluster, broker: Broker, max_lag: int) -> tuple[bool, st
     if not isinstance(mine, Mapping):
         return False, f"broker {broker.node_id} does not answer: {mine}"
     others = [d for n, d in docs.items() if n != broker.node_id and isinstance(d, Mapping)]
-    lag = replica_lag(mine, others)
+    lag = {int(p): v for p, v in replica_lag(mine, others).items()}
     unknown = [p for p, v in sorted(lag.items()) if v is None]
     behind = {p: v for p, v in sorted(lag.items()) if v is not None and v > max_lag}
     if unknown:

@@ -17,6 +17,9 @@ Filters:
 - ``broker_runtime_placement(topology, nodes, replication_factor, cluster=None)``:
   ``check_runtime`` on a live cluster's ``/v2/topology`` (and
   ``/actuator/cluster`` when the broker serves it); same report shape.
+- ``broker_replica_lag(mine, others)``: ``broker.catchup.replica_lag``, how far a
+  broker's replicas are behind their leaders (``others``: documents or ``uri``
+  results), ``{"<partition>": entries or None}``; upgrade.yml's catch-up gate.
 - ``broker_leaders(topology)``: ``{"<partition>": leader node id}`` where a
   live broker claims leadership, the highest term winning (a deposed leader's
   claim may linger for a gossip round).
@@ -24,6 +27,7 @@ Filters:
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from collections.abc import Iterable, Mapping
@@ -34,19 +38,28 @@ from ansible.errors import AnsibleFilterError
 REGIONS = 2
 
 
-def _placement():
+def _broker_module(name: str):
+    """``broker.<name>``, from the .venv's broker package or else this checkout."""
     try:
-        import broker.placement as placement
+        return importlib.import_module(f"broker.{name}")
     except ImportError:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        if not os.path.isfile(os.path.join(root, "broker", "placement.py")):
+        if not os.path.isfile(os.path.join(root, "broker", f"{name}.py")):
             raise AnsibleFilterError(
-                "cannot import broker.placement: run ansible-playbook from the project's "
+                f"cannot import broker.{name}: run ansible-playbook from the project's "
                 ".venv (make setup), where the broker package is installed"
             ) from None
         sys.path.insert(0, root)
-        import broker.placement as placement
-    return placement
+        return importlib.import_module(f"broker.{name}")
+
+
+def _placement():
+    return _broker_module("placement")
+
+
+def broker_replica_lag(mine: Mapping[str, Any] | None, others: Iterable[Any]) -> dict:
+    docs = [d.get("json") if isinstance(d, Mapping) and "json" in d else d for d in others or []]
+    return _broker_module("catchup").replica_lag(mine or {}, docs)
 
 
 def _int(value: Any, what: str) -> int:
@@ -264,4 +277,5 @@ class FilterModule:
             "broker_placement": broker_placement,
             "broker_runtime_placement": broker_runtime_placement,
             "broker_leaders": broker_leaders,
+            "broker_replica_lag": broker_replica_lag,
         }

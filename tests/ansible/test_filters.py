@@ -40,7 +40,14 @@ def test_filters_are_registered():
         "broker_placement",
         "broker_runtime_placement",
         "broker_leaders",
+        "broker_replica_lag",
     }
+
+
+def test_replica_lag_reads_uri_results_as_the_upgrade_gate_registers_them():
+    mine = {"1": {"role": "FOLLOWER", "leader": 2, "commitIndex": 1, "processedIndex": 1}}
+    leader = {"json": {"1": {"role": "LEADER", "commitIndex": 900, "processedIndex": 900}}}
+    assert placement.broker_replica_lag(mine, [leader, {"skipped": True}]) == {"1": 899}
 
 
 @pytest.mark.parametrize(("ordinal", "region_id", "expected"), [(0, 0, 0), (0, 1, 1), (3, 1, 7)])

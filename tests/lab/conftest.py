@@ -1,5 +1,5 @@
 """One small lab (2 hosts per region) for the module, always torn down; ``systemd_lab``: the
-same with hosts that boot systemd.
+same with hosts that boot systemd; ``big_lab``: 4 hosts per region.
 
 Network namespaces are machine-wide, so only one lab can exist at a time: the fixture takes a
 machine lock (another pytest worker waits for it) and refuses to touch a lab it did not make.
@@ -35,6 +35,21 @@ def lab(tmp_path_factory):
             # restart under load, verify, drill over SSH); the systemd lab, the demo and
             # inventories/local use TLS, as `lab up` does by default
             lab.up(HOSTS_PER_REGION, tls=False)
+            yield lab
+        finally:
+            lab.down(purge=True)
+
+
+@pytest.fixture(scope="module")
+def big_lab(tmp_path_factory):
+    """8 hosts (4 per region, 8 partitions, RF 4), plaintext, no broker deployed: the
+    scale and upgrade runs of make test-long."""
+    with machine_lock():
+        skip_for_foreign_lab()
+        root = tmp_path_factory.mktemp("lab-8")
+        lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
+        try:
+            lab.up(4, tls=False)
             yield lab
         finally:
             lab.down(purge=True)

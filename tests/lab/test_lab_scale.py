@@ -22,7 +22,7 @@ import yaml
 from broker.lab import Lab, unavailable_reason
 from broker.ops.load import WriteLoad, read_back
 from tests.ansible.conftest import ansible_playbook
-from tests.labutil import longest_stall, machine_lock, skip_for_foreign_lab
+from tests.labutil import longest_stall
 
 REASON = unavailable_reason()
 if REASON:
@@ -32,24 +32,10 @@ if REASON:
 pytestmark = [pytest.mark.xdist_group("brk-lab"), pytest.mark.slow]
 
 FULL = os.environ.get("BROKER_LONG_TESTS") == "1"
-HOSTS_PER_REGION = 4
 PARTITIONS = 8
 GATEWAY_PORT = 26500
 LOAD_RATE = 150  # records/s
 LOAD_MAX_SECONDS = 900  # the load stops by itself after this
-
-
-@pytest.fixture(scope="module")
-def big_lab(tmp_path_factory):
-    with machine_lock():
-        skip_for_foreign_lab()
-        root = tmp_path_factory.mktemp("lab-scale")
-        lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
-        try:
-            lab.up(HOSTS_PER_REGION, tls=False)
-            yield lab
-        finally:
-            lab.down(purge=True)
 
 
 def first_hosts(lab: Lab, per_region: int) -> os.PathLike:

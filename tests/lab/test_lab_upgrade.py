@@ -27,7 +27,7 @@ from broker.lab import Lab, unavailable_reason
 from broker.ops.load import WriteLoad, read_back
 from tests.ansible.conftest import ansible_playbook
 from tests.ansible.test_upgrade import build_copy
-from tests.labutil import longest_stall, machine_lock, skip_for_foreign_lab
+from tests.labutil import longest_stall
 
 REASON = unavailable_reason()
 if REASON:
@@ -37,25 +37,11 @@ if REASON:
 pytestmark = [pytest.mark.xdist_group("brk-lab"), pytest.mark.slow]
 
 FULL = os.environ.get("BROKER_LONG_TESTS") == "1"
-HOSTS_PER_REGION = 4
 PARTITIONS = 8
 GATEWAY_PORT = 26500
 MANAGEMENT_PORT = 9600
 LOAD_RATE = 150  # records/s
 LOAD_MAX_SECONDS = 1200  # the load stops by itself after this
-
-
-@pytest.fixture(scope="module")
-def big_lab(tmp_path_factory):
-    with machine_lock():
-        skip_for_foreign_lab()
-        root = tmp_path_factory.mktemp("lab-upgrade")
-        lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
-        try:
-            lab.up(HOSTS_PER_REGION, tls=False)
-            yield lab
-        finally:
-            lab.down(purge=True)
 
 
 def versions(lab: Lab) -> set[str]:

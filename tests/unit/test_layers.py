@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "broker.topology.model",
             "broker.topology.distribution",
             "broker.placement",
+            "broker.catchup",
             "broker.records",
             "broker.partition",
             "broker.peers",
