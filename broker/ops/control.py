@@ -86,7 +86,7 @@ class InventoryControl:
         return self._run(broker, "stop")
 
     def kill(self, broker: Broker) -> str:
-        if self._systemd(broker):
+        if is_systemd(broker):
             unit = _unit(broker)
             run_on(
                 broker, f"systemctl kill --signal=SIGKILL {unit}; systemctl stop {unit}", root=True
@@ -97,23 +97,24 @@ class InventoryControl:
     def wipe(self, broker: Broker) -> str:
         return self._run(broker, "wipe-data")
 
-    @staticmethod
-    def _systemd(broker: Broker) -> bool:
-        return not broker.is_local and broker.vars.get("broker_service_manager", "systemd") == (
-            "systemd"
-        )
-
     def _run(self, broker: Broker, action: str) -> str:
         if broker.is_local:
             run_on(broker, shlex.join(_broker_command(broker, action, local=True)))
             return f"{PAST[action]} broker {broker.node_id} locally"
-        systemctl = self._systemd(broker) and action in ("start", "stop")
+        systemctl = is_systemd(broker) and action in ("start", "stop")
         if systemctl:
             command = f"systemctl {action} {_unit(broker)}"
         else:
             command = shlex.join(_broker_command(broker, action, local=False))
         run_on(broker, command, root=systemctl)
         return f"{PAST[action]} broker {broker.node_id} over SSH"
+
+
+def is_systemd(broker: Broker) -> bool:
+    """The broker runs as a systemd unit on a remote host (else `broker start/stop`)."""
+    return not broker.is_local and broker.vars.get("broker_service_manager", "systemd") == (
+        "systemd"
+    )
 
 
 def _unit(broker: Broker) -> str:

@@ -28,6 +28,7 @@ from broker.ops.steps import (
     Step,
     StepFailed,
     StepResult,
+    ask_once,
     ask_or_refuse,
     done,
     failed,
@@ -50,20 +51,37 @@ def restart_broker(
     approve: Callable[[str], bool],
     timeout: float = READY_TIMEOUT,
 ) -> Outcome:
-    api = api_of(cluster, broker)
-    others = [b for b in cluster.brokers if b.node_id != broker.node_id]
-    was_up = api.health("startup")
+    was_up = api_of(cluster, broker).health("startup")
     if not approve(f"Restart broker {broker.node_id} ({broker.label()})?"):
         return failed("the operator did not confirm", "restarted nothing")
     started = time.monotonic()
     stopped = control.stop(broker)
+    wait_down(cluster, broker)
+    started_again = control.start(broker)
+    seen = wait_back(cluster, broker, timeout)
+    wait_until(lambda: _whole(cluster, broker, timeout), timeout, "every partition to be whole")
+    return done(
+        f"broker {broker.node_id} was {'up' if was_up else 'DOWN'}",
+        f"{stopped}; {started_again}; {seen}, every partition led and caught up "
+        f"{time.monotonic() - started:.1f}s after the stop",
+    )
+
+
+def wait_down(cluster: Cluster, broker: Broker) -> None:
+    """Until the stopped broker's management API no longer answers."""
+    api = api_of(cluster, broker)
 
     def down() -> tuple[bool, str]:
         up = api.health("startup")
         return not up, "still answers" if up else "down"
 
     wait_until(down, DOWN_TIMEOUT, f"broker {broker.node_id} to stop")
-    started_again = control.start(broker)
+
+
+def wait_back(cluster: Cluster, broker: Broker, timeout: float) -> str:
+    """Until the started broker is ready and the others see it alive; what was seen."""
+    api = api_of(cluster, broker)
+    others = [b for b in cluster.brokers if b.node_id != broker.node_id]
 
     def back() -> tuple[bool, str]:
         if not api.health("readiness"):
@@ -73,13 +91,7 @@ def restart_broker(
             return False, f"the others do not see broker {broker.node_id} alive yet"
         return True, f"broker {broker.node_id} is ready and seen alive"
 
-    seen = wait_until(back, timeout, f"broker {broker.node_id} to come back")
-    wait_until(lambda: _whole(cluster, broker, timeout), timeout, "every partition to be whole")
-    return done(
-        f"broker {broker.node_id} was {'up' if was_up else 'DOWN'}",
-        f"{stopped}; {started_again}; {seen}, every partition led and caught up "
-        f"{time.monotonic() - started:.1f}s after the stop",
-    )
+    return wait_until(back, timeout, f"broker {broker.node_id} to come back")
 
 
 def _whole(cluster: Cluster, broker: Broker, timeout: float) -> tuple[bool, str]:
@@ -114,16 +126,13 @@ def run_rolling_restart(
     Asks once, for the whole walk, unless ``yes``; stops at the first broker that
     does not come back whole."""
     order = restart_order(cluster, region)
-    ask = ask_or_refuse(yes, confirm)
-    answer: dict[str, bool] = {}
-
-    def approve_once(question: str) -> bool:
-        if "given" not in answer:
-            answer["given"] = ask(
-                f"Restart brokers {ids_text(b.node_id for b in order)} one at a time "
-                f"({', '.join(b.label() for b in order)})?"
-            )
-        return answer["given"]
+    approve_once = ask_once(
+        ask_or_refuse(yes, confirm),
+        lambda: (
+            f"Restart brokers {ids_text(b.node_id for b in order)} one at a time "
+            f"({', '.join(b.label() for b in order)})?"
+        ),
+    )
 
     steps = [
         Step(

@@ -191,3 +191,16 @@ def ask_or_refuse(yes: bool, confirm: Callable[[str], bool] | None) -> Callable[
     if confirm is None:
         return lambda question: False
     return confirm
+
+
+def ask_once(ask: Callable[[str], bool], question: Callable[[], str]) -> Callable[[str], bool]:
+    """An approval for a walk of several acting steps: ``question()`` is asked once, at
+    the first step that needs it, and its answer stands for every later step."""
+    answer: dict[str, bool] = {}
+
+    def approve(_step_question: str) -> bool:
+        if "given" not in answer:
+            answer["given"] = ask(question())
+        return answer["given"]
+
+    return approve

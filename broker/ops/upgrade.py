@@ -31,15 +31,16 @@ from dataclasses import dataclass, replace
 from broker.catchup import replica_lag
 from broker.ops.api import ApiError
 from broker.ops.checks import verify_placement, wait_for_leaders
-from broker.ops.control import Control, run_on
+from broker.ops.control import Control, is_systemd, run_on
 from broker.ops.inventory import Broker, Cluster
-from broker.ops.rolling import restart_order
+from broker.ops.rolling import restart_order, wait_back, wait_down
 from broker.ops.steps import (
     Outcome,
     Progress,
     Step,
     StepFailed,
     StepResult,
+    ask_once,
     ask_or_refuse,
     done,
     failed,
@@ -48,10 +49,9 @@ from broker.ops.steps import (
     step,
     wait_until,
 )
-from broker.ops.view import alive_map, api_of, docs_from, first_answering, ids_text
+from broker.ops.view import api_of, docs_from, ids_text
 
 DEFAULT_MAX_LAG = 1000  # entries; the role's broker_upgrade_max_lag
-DOWN_TIMEOUT = 60.0
 READY_TIMEOUT = 90.0
 STAGE_HINT = "ansible-playbook -i INVENTORY playbooks/upgrade.yml -e broker_upgrade_stage_only=true"
 LEGACY = "legacy"  # broker_venv_dir is still a real directory (before releases)
@@ -61,10 +61,6 @@ def install_paths(broker: Broker) -> tuple[str, str]:
     """(broker_install_dir, broker_venv_dir) of the broker's host, as the role sets them."""
     install = str(broker.vars.get("broker_install_dir") or "/opt/broker")
     return install, str(broker.vars.get("broker_venv_dir") or os.path.join(install, "venv"))
-
-
-def _systemd(broker: Broker) -> bool:
-    return not broker.is_local and broker.vars.get("broker_service_manager", "systemd") == "systemd"
 
 
 @dataclass(frozen=True)
@@ -209,7 +205,6 @@ def upgrade_broker(
     timeout: float = READY_TIMEOUT,
 ) -> Outcome:
     release = staged.release or ""
-    api = api_of(cluster, broker)
     if staged.current == release and running_version(cluster, broker) == version:
         return skipped(f"broker {broker.node_id} runs release {release} already")
     if staged.current == LEGACY:
@@ -222,25 +217,10 @@ def upgrade_broker(
     run_on(broker, _check_data_command(broker, release))
     started = time.monotonic()
     stopped = control.stop(broker)
-
-    def down() -> tuple[bool, str]:
-        up = api.health("startup")
-        return not up, "still answers" if up else "down"
-
-    wait_until(down, DOWN_TIMEOUT, f"broker {broker.node_id} to stop")
-    run_on(broker, _switch_command(broker, release), root=_systemd(broker))
+    wait_down(cluster, broker)
+    run_on(broker, _switch_command(broker, release), root=is_systemd(broker))
     started_again = control.start(broker)
-    others = [b for b in cluster.brokers if b.node_id != broker.node_id]
-
-    def back() -> tuple[bool, str]:
-        if not api.health("readiness"):
-            return False, f"broker {broker.node_id} is not ready"
-        _, other, _ = first_answering(cluster, others)
-        if not alive_map(other.topology()).get(broker.node_id):
-            return False, f"the others do not see broker {broker.node_id} alive yet"
-        return True, f"broker {broker.node_id} is ready and seen alive"
-
-    seen = wait_until(back, timeout, f"broker {broker.node_id} to come back")
+    seen = wait_back(cluster, broker, timeout)
     led = wait_for_leaders(cluster, cluster.brokers, timeout=timeout)
     if led.failed:
         raise StepFailed(f"after switching broker {broker.node_id}: {led.saw}")
@@ -274,16 +254,13 @@ def run_upgrade(
     three read-only checks and lists the switches."""
     order = restart_order(cluster)
     staged: dict[int, Staged] = {}
-    ask = ask_or_refuse(yes, confirm)
-    answer: dict[str, bool] = {}
-
-    def approve_once(question: str) -> bool:
-        if "given" not in answer:
-            answer["given"] = ask(
-                f"Switch brokers {ids_text(b.node_id for b in order)} one at a time to "
-                f"broker {version} ({', '.join(b.label() for b in order)})?"
-            )
-        return answer["given"]
+    approve_once = ask_once(
+        ask_or_refuse(yes, confirm),
+        lambda: (
+            f"Switch brokers {ids_text(b.node_id for b in order)} one at a time to "
+            f"broker {version} ({', '.join(b.label() for b in order)})?"
+        ),
+    )
 
     steps = [
         Step(
