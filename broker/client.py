@@ -62,9 +62,14 @@ ROUTES_MAX_AGE = 1.0  # seconds before the leader map is refreshed
 
 
 class BrokerError(Exception):
-    """A request failed; ``code`` is the gateway's error code."""
+    """A request failed; ``code`` is the gateway's error code.
+
+    ``sent`` is False when the request never left this client (no gateway could be
+    reached): it certainly did not take effect. When True, a write that failed with
+    UNAVAILABLE or DEADLINE_EXCEEDED may still have been committed."""
 
     code = "UNKNOWN"
+    sent = True
 
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
@@ -596,6 +601,7 @@ class BrokerClient:
             try:
                 conn, deadlines = self._connection(leader)
             except Unavailable as e:
+                e.sent = False
                 _settle(fut, error=e)
                 return fut
             req_id = conn.submit(body, fut, convert)
@@ -603,7 +609,9 @@ class BrokerClient:
                 if not fut.done():
                     deadlines.add(timeout, fut, conn, req_id)
                 return fut
-        _settle(fut, error=Unavailable(f"connection to {_fmt(conn.address)} lost"))
+        lost = Unavailable(f"connection to {_fmt(conn.address)} lost before the request was sent")
+        lost.sent = False
+        _settle(fut, error=lost)
         return fut
 
     # --- routing ------------------------------------------------------------------

@@ -367,8 +367,9 @@ def test_a_lost_connection_fails_everything_in_flight_and_the_next_call_reconnec
     wait_until(lambda: len(gateway.received) == 10)
     gateway.disconnect()
     for fut in futures:
-        with pytest.raises(Unavailable, match="lost"):
+        with pytest.raises(Unavailable, match="lost") as err:
             fut.result(timeout=5)  # long before the 15 s deadline
+        assert err.value.sent  # they reached the gateway: they may have taken effect
     gateway.silent = False
     client.put("k", "v")
     assert len(gateway.connections) == 2
@@ -408,8 +409,10 @@ def test_no_reachable_address_is_unavailable_naming_each(make_client, refused_ad
     with pytest.raises(Unavailable) as err:
         client.put("k", "v")
     assert err.value.message.count(refused_address) == 2
+    assert not err.value.sent  # nothing left the client: certainly not applied
     fut = client.append_async("x")  # async calls report it through the future
     assert isinstance(fut.exception(timeout=5), Unavailable)
+    assert not fut.exception().sent
 
 
 def test_a_cluster_name_mismatch_is_unavailable_with_the_reason(gateway, make_client):
