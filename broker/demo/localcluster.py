@@ -68,11 +68,22 @@ class LocalCluster:
         tls: bool = False,
         client_auth: str = "none",
         members: int | None = None,
+        hosts: list[str] | None = None,
+        launcher: Callable[[int, list[str]], list[str]] | None = None,
     ):
         """``members``: only brokers 0..members-1 form the cluster at first (their
         config says so); the others are configured for the full ``size``, as a scale-out
-        deploys them, and join only once a topology change adds them."""
+        deploys them, and join only once a topology change adds them.
+
+        ``hosts``: the address each broker binds and advertises (default 127.0.0.1 for
+        all), and ``launcher(i, argv)``: the command line that runs ``argv`` for broker
+        ``i`` (e.g. inside a lab host's namespaces; it must exec, so the pid is the
+        broker's)."""
         self.root = os.path.abspath(root)
+        self.hosts = list(hosts) if hosts is not None else ["127.0.0.1"] * size
+        if len(self.hosts) != size:
+            raise ValueError(f"{len(self.hosts)} hosts for {size} brokers")
+        self.launcher = launcher
         self.size = size
         self.partitions = partitions
         self.replication_factor = replication_factor
@@ -90,7 +101,7 @@ class LocalCluster:
         first = size if members is None else members
         for i in range(size):
             known = first if i < first else size
-            contact = [f"127.0.0.1:{self.ports[n]['internal']}" for n in range(known)]
+            contact = [f"{self.hosts[n]}:{self.ports[n]['internal']}" for n in range(known)]
             cfg = {
                 "cluster": {
                     "nodeId": i,
@@ -102,12 +113,12 @@ class LocalCluster:
                     "initialContactPoints": contact,
                 },
                 "network": {
-                    "host": "127.0.0.1",
-                    "advertisedHost": "127.0.0.1",
+                    "host": self.hosts[i],
+                    "advertisedHost": self.hosts[i],
                     "gateway": {"port": self.ports[i]["gateway"]},
                     "internal": {"port": self.ports[i]["internal"]},
                 },
-                "management": {"host": "127.0.0.1", "port": self.ports[i]["management"]},
+                "management": {"host": self.hosts[i], "port": self.ports[i]["management"]},
                 "data": {"directory": self.data_dir(i)},
             }
             if tls:
@@ -137,7 +148,7 @@ class LocalCluster:
                 self.cluster_name,
                 i,
                 f"region{i % 2}",
-                ["127.0.0.1", "localhost"],
+                sorted({self.hosts[i], "127.0.0.1", "localhost"}),
                 ca,
                 ca_key,
                 self._tls_path(f"broker-{i}.pem"),
@@ -184,14 +195,14 @@ class LocalCluster:
         return os.path.join(self.root, f"data-{i}")
 
     def gateway(self, i: int) -> str:
-        return f"127.0.0.1:{self.ports[i]['gateway']}"
+        return f"{self.hosts[i]}:{self.ports[i]['gateway']}"
 
     def gateways(self, nodes=None) -> str:
         return ",".join(self.gateway(i) for i in (nodes if nodes is not None else range(self.size)))
 
     def management(self, i: int) -> str:
         scheme = "https" if self.tls else "http"
-        return f"{scheme}://127.0.0.1:{self.ports[i]['management']}"
+        return f"{scheme}://{self.hosts[i]}:{self.ports[i]['management']}"
 
     # --- processes ----------------------------------------------------------------------
 
@@ -200,9 +211,12 @@ class LocalCluster:
         for i in nodes:
             if i in self.procs and self.procs[i].poll() is None:
                 continue
+            argv = [sys.executable, "-m", "broker", "run", "--config", self.config_path(i)]
+            if self.launcher is not None:
+                argv = self.launcher(i, argv)
             with open(os.path.join(self.root, f"broker-{i}.log"), "ab") as log:
                 self.procs[i] = subprocess.Popen(
-                    [sys.executable, "-m", "broker", "run", "--config", self.config_path(i)],
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

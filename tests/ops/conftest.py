@@ -28,7 +28,7 @@ def write_inventory(c: LocalCluster, path: Path, sinks: dict[str, str]) -> Path:
         hosts = {}
         for i in range(region_id, c.size, len(REGIONS)):
             hosts[f"brk-r{region_id}-h{i // 2}"] = {
-                "ansible_host": "127.0.0.1",
+                "ansible_host": c.hosts[i],
                 "broker_ordinal": i // 2,
                 "broker_gateway_port": c.ports[i]["gateway"],
                 "broker_internal_port": c.ports[i]["internal"],
