@@ -392,8 +392,22 @@ class Lab:
         rid = region_id(region)
         self._require_router()
         with self._locked():
-            network.apply_cuts(network.cut_regions() | {rid}, list(range(len(REGIONS))))
+            network.apply_cuts(
+                network.cut_regions() | {rid}, list(range(len(REGIONS))), network.oneway_cuts()
+            )
         self.log(f"lab: {REGIONS[rid]} cut off from the other region (controller SSH still works)")
+
+    def cut_oneway(self, source: str | int, destination: str | int) -> None:
+        """Drop traffic from ``source`` to ``destination`` only (an asymmetric fault)."""
+        a, b = region_id(source), region_id(destination)
+        if a == b:
+            raise UsageError("a one-way cut needs two different regions")
+        self._require_router()
+        with self._locked():
+            network.apply_cuts(
+                network.cut_regions(), list(range(len(REGIONS))), network.oneway_cuts() | {(a, b)}
+            )
+        self.log(f"lab: traffic from {REGIONS[a]} to {REGIONS[b]} dropped (the reverse passes)")
 
     def heal(self) -> None:
         self._require_router()

@@ -195,16 +195,30 @@ def ensure_host(name: str, region_id: int, address: str) -> bool:
 # --- region cut (nftables in the router) -------------------------------------------------------
 
 
-def cut_regions() -> set[int]:
+def _table() -> str:
     res = run(
         ["ip", "netns", "exec", ROUTER, "nft", "list", "table", "inet", NFT_TABLE], check=False
     )
-    return {int(r) for r in re.findall(r'comment "cut region(\d+)"', res.stdout)}
+    return res.stdout
 
 
-def apply_cuts(cut: set[int], region_ids: list[int]) -> None:
+def cut_regions() -> set[int]:
+    return {int(r) for r in re.findall(r'comment "cut region(\d+)"', _table())}
+
+
+def oneway_cuts() -> set[tuple[int, int]]:
+    """(source, destination) region pairs whose traffic is dropped in that direction only."""
+    found = re.findall(r'comment "oneway region(\d+)->region(\d+)"', _table())
+    return {(int(a), int(b)) for a, b in found}
+
+
+def apply_cuts(
+    cut: set[int], region_ids: list[int], oneway: set[tuple[int, int]] = frozenset()
+) -> None:
     """Replace the table in one transaction: drop routed traffic between a cut region and the
-    others. Controller traffic (198.18.0.0/30) is not matched, so SSH to a cut region works."""
+    others, and from ``a`` to ``b`` for each ``(a, b)`` in ``oneway`` (replies the other way
+    still pass the router, which is what an asymmetric fault looks like). Controller traffic
+    (198.18.0.0/30) is not matched, so SSH to a cut region works."""
     rules = []
     for r in sorted(cut):
         for other in region_ids:
@@ -213,6 +227,9 @@ def apply_cuts(cut: set[int], region_ids: list[int]) -> None:
             a, b = region_subnet(r), region_subnet(other)
             for src, dst in ((a, b), (b, a)):
                 rules.append(f'ip saddr {src} ip daddr {dst} drop comment "cut region{r}"')
+    for a, b in sorted(oneway):
+        src, dst = region_subnet(a), region_subnet(b)
+        rules.append(f'ip saddr {src} ip daddr {dst} drop comment "oneway region{a}->region{b}"')
     script = f"table inet {NFT_TABLE}\ndelete table inet {NFT_TABLE}\n"
     if rules:
         body = "\n".join(f"    {rule}" for rule in rules)

@@ -33,6 +33,16 @@ pytestmark = pytest.mark.xdist_group("brk-lab")
 VENV_BIN = Path(sys.executable).parent
 REGION_NAMES = ("region0", "region1")
 CONNECT = "import socket, sys; socket.create_connection((sys.argv[1], 22), timeout=1)"
+# a UDP listener that says when it is ready and exits 0 once one datagram arrives (1 on timeout)
+LISTEN = (
+    "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+    "s.bind((sys.argv[1], 9999)); s.settimeout(3); print('ready', flush=True); "
+    "s.recvfrom(64)"
+)
+SEND = (
+    "import socket, sys, time; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "for _ in range(20): s.sendto(b'x', (sys.argv[1], 9999)); time.sleep(0.1)"
+)
 
 
 def region(lab: Lab, name: str) -> list[LabHost]:
@@ -248,6 +258,34 @@ def test_cut_drops_inter_region_traffic_but_not_controller_ssh(live):
         live.heal()
     assert tcp_ok(live, b0, a0) and tcp_ok(live, a1, b1)
     live.heal()  # idempotent
+
+
+def udp_arrives(lab: Lab, src: LabHost, dst: LabHost) -> bool:
+    """Whether datagrams sent from ``src`` reach ``dst`` (one direction only, no replies)."""
+    listener = lab.spawn(
+        dst, ["python3", "-c", LISTEN, dst.address], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        lab.exec(src, ["python3", "-c", SEND, dst.address], timeout=10)
+        return listener.wait(10) == 0
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+            listener.wait(5)
+
+
+def test_a_one_way_cut_drops_one_direction_only(live):
+    (a0, _), (b0, _) = region(live, "region0"), region(live, "region1")
+    live.cut_oneway("region0", "region1")
+    try:
+        assert network.oneway_cuts() == {(0, 1)} and not network.cut_regions()
+        assert not udp_arrives(live, a0, b0), "region0 -> region1 is dropped"
+        assert udp_arrives(live, b0, a0), "region1 -> region0 still passes"
+    finally:
+        live.heal()
+    assert not network.oneway_cuts()
+    assert udp_arrives(live, a0, b0)
 
 
 def test_kill_region_kills_its_processes_but_keeps_sshd(live):
