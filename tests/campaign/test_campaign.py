@@ -1,0 +1,84 @@
+"""The bounded slice of the fault campaign that make test runs (make campaign runs long ones).
+
+Each test runs the real command, ``python -m tests.campaign``, against real broker
+processes: local ones for the process faults and a region loss with the operator's
+failover and failback; the lab's namespaces (as root) for network cuts both ways and one
+way, and a disk filled up on a tmpfs. A schedule passes only with 0 violations, 0 undecided
+keys and 0 acknowledged writes lost, and only if the faults it names really happened.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.lab.hosts import unavailable_reason
+from tests.labutil import skip_for_foreign_lab
+
+ROOT = Path(__file__).resolve().parents[2]
+SUMMARY = re.compile(
+    r"^campaign: (\d+) schedules, (\d+) operations, (\d+) violations, (\d+) undecided, "
+    r"(\d+) lost$",
+    re.M,
+)
+
+
+def campaign(*args: str, timeout: float = 420) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tests.campaign", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_clean(res: subprocess.CompletedProcess, faults: tuple[str, ...]) -> None:
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out
+    summary = SUMMARY.findall(res.stdout)
+    assert summary, out
+    _, operations, violations, undecided, lost = map(int, summary[-1])
+    assert (violations, undecided, lost) == (0, 0, 0), out
+    assert operations > 1000, out  # the clients really ran through the faults
+    for fault in faults:
+        assert re.search(rf"faults: .*\b{fault} [1-9]", res.stdout), f"no {fault} fault:\n{out}"
+    print(res.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("mix", "seed", "seconds", "faults"),
+    [
+        ("processes", 1, 20, ("kill", "restart")),
+        ("region", 2, 25, ("failover",)),
+    ],
+)
+def test_a_local_schedule_is_linearizable_and_loses_nothing(mix, seed, seconds, faults, capsys):
+    res = campaign("--where", "local", "--mix", mix, "--seed", str(seed), "--seconds", str(seconds))
+    with capsys.disabled():
+        assert_clean(res, faults)
+
+
+@pytest.mark.xdist_group("brk-lab")
+def test_a_lab_schedule_with_cuts_one_way_cuts_and_a_full_disk(capsys):
+    if reason := unavailable_reason():
+        print(f"skipping the lab campaign: {reason}")
+        pytest.skip(reason)
+    skip_for_foreign_lab()
+    # the command takes the lab tests' machine lock itself, and brings the lab up and down
+    res = campaign("--where", "lab", "--mix", "cut,oneway,disk,pause", "--seed", "3",
+                   "--seconds", "25")  # fmt: skip
+    with capsys.disabled():
+        assert_clean(res, ("cut", "oneway", "disk"))
+
+
+def test_bad_options_exit_2_naming_them():
+    res = campaign("--seconds", "0", "--mix", "kill,earthquake", timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "--seconds must be at least 1" in res.stderr
+    assert "earthquake" in res.stderr
