@@ -8,7 +8,8 @@ violation can be read next to the faults around it.
 
 Kinds:
 - ``kill``: kill -9 a broker, restart it on its data.
-- ``pause``: SIGSTOP a broker for longer than the election timeout, then SIGCONT.
+- ``pause``: SIGSTOP a broker (half the time a partition's leader) for longer than the
+  election timeout, then SIGCONT: it wakes up to a newer term, its requests in flight.
 - ``leader``: kill -9 the leader of a partition, restart it.
 - ``restart``: kill -9 every broker, start them all again.
 - ``cut``: drop all traffic between the regions (lab, nftables in the router), heal.
@@ -118,6 +119,9 @@ class Nemesis(threading.Thread):
             self.note(kind, "stop", node=node)
         elif kind == "pause":
             node = rng.choice(members)
+            if rng.random() < 0.5:  # half the time a leader: its followers elect another
+                leader = env.leader_of(rng.randint(1, env.shape.partitions))
+                node = leader if leader in members else node
             self.note(kind, "start", node=node)
             env.pause(node)
             self.hold(rng.uniform(2 * ELECTION_TIMEOUT, 5 * ELECTION_TIMEOUT))
