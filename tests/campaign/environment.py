@@ -13,7 +13,6 @@ failover and failback procedures run against it, as an operator would run them.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from broker.lab import hosts as lab_hosts
 from broker.ops import load_inventory, run_failback, run_failover
 from broker.ops.checks import wait_caught_up
 from tests.campaign.workload import text
+from tests.integration.test_cluster import FAST
+from tests.integration.test_disk_full import fill
 from tests.ops.conftest import REGIONS, PidControl, write_inventory
 
 MB = 1024 * 1024
@@ -46,19 +47,7 @@ class Shape:
     replication_factor: int = 4
 
 
-TIMING = {
-    "cluster": {
-        "raft": {"electionTimeout": "500ms", "heartbeatInterval": "50ms"},
-        "membership": {
-            "gossipInterval": "100ms",
-            "probeInterval": "200ms",
-            "probeTimeout": "100ms",
-            "failureTimeout": "1s",
-            "syncInterval": "2s",
-        },
-    }
-}
-ELECTION_TIMEOUT = 0.5  # seconds, as above: pauses hold longer than this
+ELECTION_TIMEOUT = 0.5  # seconds, FAST's: pauses hold longer than this
 
 
 def lab_unavailable() -> str | None:
@@ -78,7 +67,7 @@ class Environment:
         self.lab = lab
         self.sinks = {r: str(self.root / "export" / r) for r in REGIONS}
         overrides = {
-            **TIMING,
+            **FAST,
             "exporters": {r: {"type": "file", "args": {"path": self.sinks[r]}} for r in REGIONS},
             "data": {"logSegmentSize": "1MB", "freeSpace": FREE_SPACE},
         }
@@ -212,25 +201,7 @@ class Environment:
         """Fill the tmpfs broker's disk until ``leave`` bytes are free (0: until ENOSPC)."""
         assert self.tmpfs_broker is not None
         directory = self.c.data_dir(self.tmpfs_broker)
-        self.filler = os.path.join(directory, "campaign-filler")
-        size = MB
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        try:
-            while True:
-                st = os.statvfs(directory)
-                room = st.f_bavail * st.f_frsize - leave
-                if leave and room <= 0:
-                    break
-                try:
-                    os.write(fd, b"\0" * (size if not leave else min(size, room)))
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    if size <= 4096:
-                        break
-                    size //= 2
-        finally:
-            os.close(fd)
+        self.filler = fill(directory, leave)
         return os.path.getsize(self.filler)
 
     def free_disk(self) -> None:
