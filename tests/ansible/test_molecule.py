@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from broker.lab import Lab, network, systemd, unavailable_reason
-from tests.labutil import machine_lock, skip_for_foreign_lab
+from tests.labutil import machine_lock, owned_lab, skip_for_foreign_lab
 
 from .conftest import ROOT, ansible_env, tool
 
@@ -115,14 +115,15 @@ def test_molecule_scenario_passes(scenario, tmp_path_factory, record_property):
     with machine_lock():
         skip_for_foreign_lab()
         start = time.monotonic()
-        try:
-            rc, output = molecule(scenario, "test", ephemeral, timeout=1200)
-        finally:
-            seconds = time.monotonic() - start
-            if network.netns_list():  # molecule did not destroy: everything brk is ours
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    molecule(scenario, "destroy", ephemeral, timeout=300)
-                Lab(ephemeral / "lab", inventory=ephemeral / "lab-hosts.yml").down(purge=True)
+        with owned_lab(ephemeral / "lab"):  # the driver's lab (molecule/*/create.yml)
+            try:
+                rc, output = molecule(scenario, "test", ephemeral, timeout=1200)
+            finally:
+                seconds = time.monotonic() - start
+                if network.netns_list():  # molecule did not destroy: everything brk is ours
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        molecule(scenario, "destroy", ephemeral, timeout=300)
+                    Lab(ephemeral / "lab", inventory=ephemeral / "lab-hosts.yml").down(purge=True)
         record_property("seconds", round(seconds, 1))
         print(f"molecule test -s {scenario}: exit {rc} after {seconds:.1f}s")
 

@@ -23,7 +23,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from broker.lab import network
 from broker.lab.hosts import exclusive
 from tests.campaign.environment import Shape, lab_unavailable, started_lab
 from tests.campaign.logcheck import FinalLogs  # noqa: F401 (re-exported for --check)
@@ -39,8 +38,7 @@ from tests.campaign.run import (
     summary_line,
 )
 from tests.campaign.workload import WorkloadOptions
-
-LAB_LOCK = "/run/lock/brk-lab-tests.lock"  # the lab tests' machine lock (tests/labutil.py)
+from tests.labutil import TEST_LOCK, foreign_lab, owned_lab
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -128,15 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"campaign: {args.schedules} schedules of {args.seconds:g}s on {where}, in {workdir}")
     if where == "lab":
-        with exclusive(LAB_LOCK, 900, "another lab run"):
-            if existing := network.netns_list():
-                print(
-                    f"campaign: a lab is already up ({', '.join(existing)}); not touching it "
-                    "(`python -m broker.lab down` removes it)",
-                    file=sys.stderr,
-                )
+        with exclusive(TEST_LOCK, 900, "another lab run"):
+            if reason := foreign_lab():
+                print(f"campaign: {reason}", file=sys.stderr)
                 return 2
-            with started_lab(workdir, args.brokers // 2) as lab:
+            with owned_lab(workdir / "var-lab"), started_lab(workdir, args.brokers // 2) as lab:
                 results = run_all(plan, args, opts, workdir, lab)
     else:
         results = run_all(plan, args, opts, workdir, None)

@@ -11,7 +11,13 @@ import pytest
 
 from broker.lab import Lab, systemd
 from tests.ansible.conftest import broker_sources  # noqa: F401 (the shared source snapshot)
-from tests.labutil import TEST_LOCK, apply_xdist_groups, machine_lock, skip_for_foreign_lab
+from tests.labutil import (
+    TEST_LOCK,
+    apply_xdist_groups,
+    machine_lock,
+    owned_lab,
+    skip_for_foreign_lab,
+)
 
 __all__ = ["HOSTS_PER_REGION", "TEST_LOCK", "machine_lock"]
 
@@ -30,14 +36,15 @@ def lab(tmp_path_factory):
         skip_for_foreign_lab()
         root = tmp_path_factory.mktemp("lab")
         lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
-        try:
+        with owned_lab(lab.dir):
             # the one plaintext scenario kept (test_lab_deploy, test_lab_ops: deploy, rolling
             # restart under load, verify, drill over SSH); the systemd lab, the demo and
             # inventories/local use TLS, as `lab up` does by default
-            lab.up(HOSTS_PER_REGION, tls=False)
-            yield lab
-        finally:
-            lab.down(purge=True)
+            try:
+                lab.up(HOSTS_PER_REGION, tls=False)
+                yield lab
+            finally:
+                lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +55,12 @@ def big_lab(tmp_path_factory):
         skip_for_foreign_lab()
         root = tmp_path_factory.mktemp("lab-8")
         lab = Lab(root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml")
-        try:
-            lab.up(4, tls=False)
-            yield lab
-        finally:
-            lab.down(purge=True)
+        with owned_lab(lab.dir):
+            try:
+                lab.up(4, tls=False)
+                yield lab
+            finally:
+                lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
@@ -67,11 +75,12 @@ def systemd_lab(tmp_path_factory):
         lab = Lab(
             root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml", init="systemd"
         )
-        try:
-            lab.up(HOSTS_PER_REGION, timeout=120)
-            yield lab
-        finally:
-            lab.down(purge=True)
+        with owned_lab(lab.dir):
+            try:
+                lab.up(HOSTS_PER_REGION, timeout=120)
+                yield lab
+            finally:
+                lab.down(purge=True)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import yaml
 from broker.lab import Lab, LabHost, layout, network, unavailable_reason
 from broker.lab import inventory as lab_inventory
 from broker.lab.__main__ import main as lab_main
+from tests import labutil
 from tests.helpers import wait_until
 
 REASON = unavailable_reason()
@@ -364,3 +365,27 @@ def test_down_cleans_up_a_crashed_lab_without_its_state(live, tmp_path):
     live.down(purge=True)
     assert not live.dir.exists() and not live.inventory.exists()
     assert_nothing_left()
+
+
+def test_a_lab_left_up_by_a_killed_test_run_is_taken_down_by_the_next(live):
+    # the module's lab, noted as this run's (tests/labutil.py): another run leaves it alone
+    assert json.loads(labutil.OWNER.read_text())["pid"] == os.getpid()
+    assert "a lab is already up" in (labutil.foreign_lab() or "")
+    assert network.netns_list()
+
+    # the same lab, noted by a run that was killed: the next one takes it down
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    labutil.OWNER.write_text(json.dumps({"dir": str(live.dir), "pid": int(gone.stdout)}))
+    assert labutil.foreign_lab() is None
+    assert_nothing_left()
+    assert not live.dir.exists(), "the left-over lab's data is purged"
+    assert not labutil.OWNER.exists()
+
+    # a lab nobody noted (brought up by hand) is never touched
+    live.up(1, tls=False)
+    try:
+        assert "a lab is already up" in (labutil.foreign_lab() or "")
+        assert network.netns_list()
+    finally:
+        live.down(purge=True)

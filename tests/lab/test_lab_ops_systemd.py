@@ -41,7 +41,7 @@ from broker.ops.steps import StepFailed
 from broker.ops.view import first_answering, replica_sets
 from tests.ansible.conftest import ansible_playbook
 from tests.helpers import wait_until
-from tests.labutil import longest_stall, machine_lock, skip_for_foreign_lab
+from tests.labutil import longest_stall, machine_lock, owned_lab, skip_for_foreign_lab
 
 REASON = unavailable_reason() or lab_systemd.unavailable_reason()
 if REASON:
@@ -89,11 +89,12 @@ def systemd_lab(tmp_path_factory):
         lab = Lab(
             root / "var-lab", inventory=root / "inventories" / "lab" / "hosts.yml", init="systemd"
         )
-        try:
-            lab.up(HOSTS_PER_REGION)
-            yield lab
-        finally:
-            lab.down(purge=True)
+        with owned_lab(lab.dir):
+            try:
+                lab.up(HOSTS_PER_REGION)
+                yield lab
+            finally:
+                lab.down(purge=True)
 
 
 @pytest.fixture(scope="module")
