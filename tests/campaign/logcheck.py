@@ -56,8 +56,11 @@ class LogReport:
     appends_fail: int = 0
     reads: int = 0  # ok reads checked
     violations: list[str] = field(default_factory=list)
-    lost: int = 0  # acknowledged appends missing from the final log
-    lost_appends: list[Op] = field(default_factory=list)
+    lost_appends: list[Op] = field(default_factory=list)  # missing from the final log
+
+    @property
+    def lost(self) -> int:
+        return len(self.lost_appends)
 
     @property
     def ok(self) -> bool:
@@ -212,7 +215,6 @@ class _LogChecker:
                 )
             return
         if not found:
-            self.report.lost += 1
             self.report.lost_appends.append(op)
         elif (p, position) not in found:
             self._violation(
