@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         "Re-judge a saved run with --check DIR.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--seconds", type=float, default=30.0, help="faults per schedule (30)")
-    p.add_argument("--schedules", type=int, default=1, help="how many schedules (1)")
+    p.add_argument(
+        "--seconds", type=float, default=30.0, help="seconds of faults per schedule, 1-86400 (30)"
+    )
+    p.add_argument("--schedules", type=int, default=1, help="how many schedules, 1-10000 (1)")
     p.add_argument("--seed", type=int, default=1, help="seed of the first schedule (1)")
     p.add_argument("--mix", default="rotate", help="a mix name, or kinds: kill,pause (rotate)")
     p.add_argument(
@@ -61,13 +63,25 @@ def _parser() -> argparse.ArgumentParser:
         default="auto",
         help="local processes, or the lab's namespaces (root); auto: the lab when it can",
     )
-    p.add_argument("--brokers", type=int, default=4, help="brokers, alternating regions (4)")
-    p.add_argument("--partitions", type=int, default=2, help="partitions (2)")
-    p.add_argument("--replication-factor", type=int, default=4, help="replication factor (4)")
-    p.add_argument("--threads", type=int, default=8, help="client threads (8)")
-    p.add_argument("--keys", type=int, default=6, help="keys worked on at a time (6)")
-    p.add_argument("--ops-per-key", type=int, default=120, help="then a fresh key (120)")
-    p.add_argument("--budget", type=int, default=2_000_000, help="search steps per key")
+    p.add_argument(
+        "--brokers", type=int, default=4, help="brokers, alternating regions, even, 2-16 (4)"
+    )
+    p.add_argument("--partitions", type=int, default=2, help="partitions, 1-64 (2)")
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=4,
+        help="replication factor, at most --brokers (4)",
+    )
+    p.add_argument("--threads", type=int, default=8, help="client threads, 1-64 (8)")
+    p.add_argument("--keys", type=int, default=6, help="keys worked on at a time, 1-1000 (6)")
+    p.add_argument("--ops-per-key", type=int, default=120, help="then a fresh key, 2-100000 (120)")
+    p.add_argument(
+        "--budget",
+        type=int,
+        default=2_000_000,
+        help="search steps per key, 1000-100000000 (2000000)",
+    )
     p.add_argument("--workdir", type=Path, help="where runs are kept (a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep clean runs' files too")
     p.add_argument("--check", type=Path, metavar="DIR", help="only re-check a saved schedule")
@@ -80,19 +94,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.check is not None:
         return recheck(args.check, args.budget)
     problems = [
-        f"--{name} must be at least {low}"
-        for name, value, low in (
-            ("seconds", args.seconds, 1),
-            ("schedules", args.schedules, 1),
-            ("brokers", args.brokers, 2),
-            ("partitions", args.partitions, 1),
-            ("replication-factor", args.replication_factor, 1),
-            ("threads", args.threads, 1),
-            ("keys", args.keys, 1),
-            ("ops-per-key", args.ops_per_key, 2),
-            ("budget", args.budget, 1000),
+        f"--{name} must be at least {low}" if value < low else f"--{name} must be at most {high}"
+        for name, value, low, high in (
+            ("seconds", args.seconds, 1, 86_400),
+            ("schedules", args.schedules, 1, 10_000),
+            ("brokers", args.brokers, 2, 16),
+            ("partitions", args.partitions, 1, 64),
+            ("replication-factor", args.replication_factor, 1, 16),
+            ("threads", args.threads, 1, 64),
+            ("keys", args.keys, 1, 1_000),
+            ("ops-per-key", args.ops_per_key, 2, 100_000),
+            ("budget", args.budget, 1_000, 100_000_000),
         )
-        if value < low
+        if not low <= value <= high
     ]
     if args.brokers % 2 or args.replication_factor > args.brokers:
         problems.append("--brokers must be even (two regions) and >= --replication-factor")

@@ -113,7 +113,8 @@ def test_a_lab_schedule_with_cuts_one_way_cuts_and_a_full_disk(capsys):
 
 
 def test_bad_options_exit_2_naming_them():
-    res = campaign("--seconds", "0", "--mix", "kill,earthquake", timeout=60)
+    res = campaign("--seconds", "0", "--mix", "kill,earthquake", "--threads", "1000", timeout=60)
     assert res.returncode == 2, res.stdout + res.stderr
     assert "--seconds must be at least 1" in res.stderr
+    assert "--threads must be at most 64" in res.stderr
     assert "earthquake" in res.stderr
