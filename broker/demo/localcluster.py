@@ -223,7 +223,7 @@ class LocalCluster:
                 )
         if wait:
             for i in nodes:
-                self._wait_started(i)
+                self.wait_started(i)
             if 0 in self.running():
                 # only broker 0 builds a new cluster's configuration; the others take
                 # it from gossip a moment later (not ready until then)
@@ -234,7 +234,7 @@ class LocalCluster:
         doc = self.get_json(i, "/actuator/cluster")
         return bool(doc) and doc.get("version", 0) > 0
 
-    def _wait_started(self, i: int, timeout: float = 60) -> None:
+    def wait_started(self, i: int, timeout: float = 60) -> None:
         """Until broker ``i`` reports startup UP; a broker that exits, or does not get
         there in time, fails with its exit code or state and the end of its log."""
 

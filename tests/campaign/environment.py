@@ -13,7 +13,6 @@ failover and failback procedures run against it, as an operator would run them.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -31,6 +30,7 @@ from broker.ops.checks import wait_caught_up
 from tests.campaign.workload import text
 from tests.integration.test_cluster import FAST
 from tests.integration.test_disk_full import fill
+from tests.integration.test_exporters import sink
 from tests.ops.conftest import REGIONS, PidControl, write_inventory
 
 MB = 1024 * 1024
@@ -243,7 +243,7 @@ class Environment:
     def wait_up(self, timeout: float = 60) -> None:
         """Every member broker started and every partition led."""
         for i in self.members():
-            self.c._wait_started(i, timeout)
+            self.c.wait_started(i, timeout)
         self.c.wait_leaders(timeout)
 
     def settle(self, timeout: float = 90) -> str | None:
@@ -273,7 +273,7 @@ class Environment:
         out: dict[str, dict[int, int]] = {}
         for exporter, directory in self.sinks.items():
             out[exporter] = {}
-            for p, lines in sink_lines(directory).items():
+            for p, lines in sink(directory).items():
                 out[exporter][p] = max((pos for pos, _ in lines), default=0)
         return out
 
@@ -285,20 +285,6 @@ def wipe(directory: str) -> None:
             shutil.rmtree(entry)
         else:
             entry.unlink()
-
-
-def sink_lines(directory: str) -> dict[int, list[tuple[int, str]]]:
-    """partition -> (position, data) lines of a file exporter's sink, in file order."""
-    out: dict[int, list[tuple[int, str]]] = {}
-    for path in sorted(Path(directory).glob("partition-*.jsonl")):
-        lines = []
-        with open(path, encoding="utf-8") as f:
-            for raw in f:
-                if raw.strip():
-                    doc = json.loads(raw)
-                    lines.append((int(doc["position"]), str(doc["data"])))
-        out[int(path.stem.removeprefix("partition-"))] = lines
-    return out
 
 
 @contextlib.contextmanager

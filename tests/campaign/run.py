@@ -22,7 +22,7 @@ from pathlib import Path
 from broker.demo.localcluster import wait_for
 from broker.lab import Lab
 from broker.ops.view import replica_sets
-from tests.campaign.environment import Environment, Shape, sink_lines
+from tests.campaign.environment import Environment, Shape
 from tests.campaign.history import load_history
 from tests.campaign.linearizable import KvReport, check_kv
 from tests.campaign.logcheck import FinalLogs, LogReport, check_log
@@ -30,6 +30,7 @@ from tests.campaign.nemesis import KINDS, MIXES, Nemesis, needs
 from tests.campaign.recorder import Recorder
 from tests.campaign.replicas import replica_log
 from tests.campaign.workload import Client, KeySlots, WorkloadOptions, final_reads
+from tests.integration.test_exporters import sink
 
 SETTLE_TIMEOUT = 90.0
 EXPORT_TIMEOUT = 60.0
@@ -219,7 +220,7 @@ def exercise(
             # entries past the leader's last one can be an old term's uncommitted tail, which
             # Raft keeps until a leader overwrites it: not part of the committed log
             replicas[name][p] = {pos: data for pos, data in held.items() if pos <= end}
-    exporters = {e: sink_lines(d) for e, d in env.sinks.items()}
+    exporters = {e: sink(d) for e, d in env.sinks.items()}
     return FinalLogs(log=log, replicas=replicas, exporters=exporters)
 
 
