@@ -92,7 +92,7 @@ CAMPAIGN_ARGS ?=
 campaign: setup
 	$(PY) -m tests.campaign \
 	  --seconds $(if $(filter command line environment,$(origin SECONDS)),$(SECONDS),$(CAMPAIGN_SECONDS)) \
-	  --schedules $(if $(filter command line,$(origin SEEDS)),$(SEEDS),$(CAMPAIGN_SEEDS)) \
+	  --schedules $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),$(CAMPAIGN_SEEDS)) \
 	  $(CAMPAIGN_ARGS)
 
 # Hypothesis against the frame decoder, the Raft message decoder and gateway requests:
